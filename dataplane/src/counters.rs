@@ -1,0 +1,113 @@
+//! Why a packet was dropped, and the per-worker counters.
+//!
+//! Every drop has exactly one reason from [`DropReason`]; a worker counts them in plain integers
+//! (it owns them) and publishes a copy once per batch, never per packet.
+
+macro_rules! drop_reasons {
+    ($($variant:ident => $name:literal, $doc:literal;)*) => {
+        /// The reason a frame was dropped. `name()` is the metric label.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason {
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$variant,)*];
+            pub const COUNT: usize = DropReason::ALL.len();
+
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $name,)*
+                }
+            }
+
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $(DropReason::$variant => $doc,)*
+                }
+            }
+        }
+    };
+}
+
+drop_reasons! {
+    Malformed => "malformed", "Headers that do not parse: unknown IP version, inconsistent lengths.";
+    Truncated => "truncated", "The frame ends inside a header it claims to have.";
+    BadIpHeader => "bad_ip_header", "IPv4 header length or total length out of range.";
+    TtlExceeded => "ttl_exceeded", "TTL or hop limit too low to forward (tunnelled modes decrement it).";
+    NoService => "no_service", "Addressed to a VIP, but no service matches the protocol and port.";
+    UnsupportedProtocol => "unsupported_protocol", "Addressed to a VIP with a protocol fwd does not balance.";
+    NoBackend => "no_backend", "The service has no backend that can take the flow.";
+    NextHopUnresolved => "next_hop_unresolved", "The next hop's MAC address is not known yet.";
+    TooBig => "too_big", "Too big to forward after encapsulation and not fragmentable.";
+    IcmpRateLimited => "icmp_rate_limited", "A too-big reply was due but the per-worker ICMP budget was spent.";
+    FragmentPolicy => "fragment_policy", "A fragment for a service whose policy drops fragments.";
+    IcmpUnmatched => "icmp_unmatched", "An ICMP error to a VIP quoting a flow fwd cannot place.";
+    NoHeadroom => "no_headroom", "The buffer has too little headroom for the encapsulation.";
+    TxRingFull => "tx_ring_full", "The transmit ring had no room for the frame.";
+}
+
+/// Plain per-worker counters; owned by one worker, copied out once per batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    /// Frames handed to the kernel: not for a VIP.
+    pub pass: u64,
+    /// ICMP replies fwd generated itself (echo replies, too-big errors).
+    pub icmp_generated: u64,
+    pub drops: [u64; DropReason::COUNT],
+    pub batches: u64,
+    /// Batches that received nothing: with `batches`, the busy ratio of a polling worker.
+    pub empty_polls: u64,
+}
+
+impl WorkerCounters {
+    #[inline]
+    pub fn drop(&mut self, reason: DropReason) {
+        self.drops[reason as usize] += 1;
+    }
+
+    pub fn drops_of(&self, reason: DropReason) -> u64 {
+        self.drops[reason as usize]
+    }
+
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().sum()
+    }
+
+    /// Adds another worker's counters into this one (for totals).
+    pub fn add(&mut self, other: &WorkerCounters) {
+        self.rx_packets += other.rx_packets;
+        self.rx_bytes += other.rx_bytes;
+        self.tx_packets += other.tx_packets;
+        self.tx_bytes += other.tx_bytes;
+        self.pass += other.pass;
+        self.icmp_generated += other.icmp_generated;
+        for (a, b) in self.drops.iter_mut().zip(other.drops.iter()) {
+            *a += b;
+        }
+        self.batches += other.batches;
+        self.empty_polls += other.empty_polls;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_snake_case() {
+        let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), DropReason::COUNT);
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+    }
+}

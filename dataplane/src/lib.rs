@@ -9,5 +9,6 @@ pub mod counters;
 pub mod flow;
 pub mod frame;
 pub mod hash;
+pub mod io;
 pub mod maglev;
 pub mod snapshot;

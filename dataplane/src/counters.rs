@@ -39,6 +39,7 @@ drop_reasons! {
     NoService => "no_service", "Addressed to a VIP, but no service matches the protocol and port.";
     UnsupportedProtocol => "unsupported_protocol", "Addressed to a VIP with a protocol fwd does not balance.";
     NoBackend => "no_backend", "The service has no backend that can take the flow.";
+    NoTunnelSource => "no_tunnel_source", "No tunnel source address of the backend's family is configured or known.";
     NextHopUnresolved => "next_hop_unresolved", "The next hop's MAC address is not known yet.";
     TooBig => "too_big", "Too big to forward after encapsulation and not fragmentable.";
     IcmpRateLimited => "icmp_rate_limited", "A too-big reply was due but the per-worker ICMP budget was spent.";

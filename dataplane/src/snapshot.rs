@@ -91,6 +91,8 @@ pub struct Backend {
     /// Identity of (service, backend address, port); see the module docs.
     pub tag: u32,
     pub state: BackendState,
+    /// How packets reach it: the service's mode, or its fallback's.
+    pub mode: ForwardMode,
     /// For `l2`: the backend's MAC. For tunnels: the MAC of the gateway towards the backend.
     /// `None` until resolved: packets to it are dropped as `next_hop_unresolved`.
     pub next_hop_mac: Option<[u8; 6]>,
@@ -144,6 +146,22 @@ pub struct LocalInfo {
     pub icmp_rate_per_sec: u32,
 }
 
+impl LocalInfo {
+    /// The tunnel source for a flow hash and an outer family: spread over the configured range by
+    /// the high half of the hash (the low half picks the Maglev slot).
+    #[inline]
+    pub fn tunnel_source(&self, v6: bool, hash: u64) -> Option<IpAddr> {
+        let pick = |count: u32| if count <= 1 { 0 } else { ((hash >> 32) % u64::from(count)) as u32 };
+        if v6 {
+            let r = self.tunnel_src_v6?;
+            Some(IpAddr::V6(Ipv6Addr::from(u128::from(r.base).wrapping_add(u128::from(pick(r.count))))))
+        } else {
+            let r = self.tunnel_src_v4?;
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from(r.base).wrapping_add(pick(r.count)))))
+        }
+    }
+}
+
 impl Default for LocalInfo {
     fn default() -> Self {
         LocalInfo {
@@ -189,7 +207,12 @@ pub struct Snapshot {
     exact: FxHashMap<ExactKey, u32>,
     /// Every VIP address, with a count of its services.
     vips: FxHashMap<[u8; 16], u32>,
+    /// (vip, proto) -> the service fragments go to: fragments after the first carry no port, so
+    /// all fragments of a (VIP, protocol) go to its one service; `AMBIGUOUS` if it has several.
+    fragments: FxHashMap<([u8; 16], u8), u32>,
 }
+
+const AMBIGUOUS: u32 = u32::MAX;
 
 impl Snapshot {
     /// Builds the lookup index over `services`. Later services with the same key are ignored;
@@ -197,14 +220,16 @@ impl Snapshot {
     pub fn new(generation: u64, local: LocalInfo, services: Vec<Service>, backends: Vec<Backend>) -> Self {
         let mut exact = FxHashMap::default();
         let mut vips = FxHashMap::default();
+        let mut fragments = FxHashMap::default();
         for (i, s) in services.iter().enumerate() {
             let addr = ip_to_16(s.key.vip);
+            fragments.entry((addr, s.key.proto.number())).and_modify(|e| *e = AMBIGUOUS).or_insert(i as u32);
             exact
                 .entry(ExactKey { addr, proto: s.key.proto.number(), port: s.key.port.unwrap_or(0) })
                 .or_insert(i as u32);
             *vips.entry(addr).or_insert(0) += 1;
         }
-        Snapshot { generation, local, services, backends, exact, vips }
+        Snapshot { generation, local, services, backends, exact, vips, fragments }
     }
 
     /// Finds the service for a destination address (16-byte form), protocol number and port.
@@ -223,6 +248,12 @@ impl Snapshot {
         } else {
             VipMatch::NotVip
         }
+    }
+
+    /// The service that fragments to (VIP, protocol) belong to; `None` if there is none or several.
+    #[inline]
+    pub fn fragment_service(&self, dst: &[u8; 16], proto: u8) -> Option<u32> {
+        self.fragments.get(&(*dst, proto)).copied().filter(|&i| i != AMBIGUOUS)
     }
 
     /// Is this (16-byte form) address a VIP?
@@ -247,6 +278,30 @@ impl Snapshot {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn tunnel_sources_spread_over_the_range() {
+        let local = LocalInfo {
+            tunnel_src_v4: Some(SourceRange { base: "198.18.0.16".parse().unwrap(), count: 16 }),
+            tunnel_src_v6: Some(SourceRange { base: "fd00:18::10".parse().unwrap(), count: 1 }),
+            ..LocalInfo::default()
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for h in 0..64u64 {
+            let a = local.tunnel_source(false, h << 32).unwrap();
+            seen.insert(a);
+        }
+        assert_eq!(seen.len(), 16);
+        assert_eq!(seen.first().unwrap().to_string(), "198.18.0.16");
+        assert_eq!(seen.last().unwrap().to_string(), "198.18.0.31");
+        assert_eq!(local.tunnel_source(true, 12345 << 32).unwrap().to_string(), "fd00:18::10");
+        assert_eq!(LocalInfo::default().tunnel_source(true, 1), None);
+    }
+}
+
+#[cfg(test)]
+mod lookup_tests {
     use super::*;
     use crate::maglev::{BackendKey, MaglevMember};
 
@@ -288,6 +343,9 @@ mod tests {
         assert_eq!(s.lookup(&v6, 17, 54), VipMatch::VipOnly);
         assert_eq!(s.lookup(&ip_to_16("198.18.0.9".parse().unwrap()), 6, 80), VipMatch::NotVip);
         assert_eq!(s.vip_addresses().len(), 2);
+        assert_eq!(s.fragment_service(&v4, 6), None, "two tcp services on one VIP are ambiguous");
+        assert_eq!(s.fragment_service(&v6, 17), Some(2));
+        assert_eq!(s.fragment_service(&v6, 6), None);
         assert_eq!(s.services[1].key.to_string(), "198.18.100.1:*/tcp");
         assert_eq!(s.services[2].key.to_string(), "[fd00:18:100::1]:53/udp");
     }

@@ -13,6 +13,7 @@ use crate::flow::{ip_to_16, L4Proto};
 use crate::maglev::MaglevTable;
 use rustc_hash::FxHashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 /// Index of a backend in [`Snapshot::backends`].
 pub type BackendIdx = u32;
@@ -108,7 +109,9 @@ pub struct Service {
     pub fragments: FragmentPolicy,
     /// Backends in canonical (key) order; the Maglev table's entries index this list.
     pub members: Vec<BackendIdx>,
-    pub table: MaglevTable,
+    /// Shared between snapshots while its inputs do not change, so a publish rebuilds only the
+    /// tables of services that changed.
+    pub table: Arc<MaglevTable>,
     /// Used when `table` is empty (no backend up): backends at another site, tunnelled.
     pub fallback: Option<Fallback>,
 }
@@ -118,7 +121,9 @@ pub struct Service {
 pub struct Fallback {
     pub mode: ForwardMode,
     pub members: Vec<BackendIdx>,
-    pub table: MaglevTable,
+    /// Shared between snapshots while its inputs do not change, so a publish rebuilds only the
+    /// tables of services that changed.
+    pub table: Arc<MaglevTable>,
 }
 
 /// A range of tunnel source addresses: flow `h` uses `base + (h mod count)`, so backends'
@@ -317,7 +322,7 @@ mod lookup_tests {
             hash_src_port: true,
             fragments: FragmentPolicy::Hash3Tuple,
             members: vec![0],
-            table,
+            table: Arc::new(table),
             fallback: None,
         }
     }

@@ -96,9 +96,87 @@ impl WorkerCounters {
     }
 }
 
+/// Where a worker publishes its counters for control to read: one atomic per counter, written
+/// only by the owning worker (relaxed stores, once per batch), read by anyone. No locks.
+#[derive(Debug)]
+pub struct SharedCounters {
+    values: [AtomicU64; SHARED_FIELDS],
+}
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const FIXED_FIELDS: usize = 8;
+const SHARED_FIELDS: usize = FIXED_FIELDS + DropReason::COUNT;
+
+impl Default for SharedCounters {
+    fn default() -> Self {
+        SharedCounters { values: std::array::from_fn(|_| AtomicU64::new(0)) }
+    }
+}
+
+impl SharedCounters {
+    /// Called by the owning worker only.
+    pub fn publish(&self, c: &WorkerCounters) {
+        let fixed = [
+            c.rx_packets,
+            c.rx_bytes,
+            c.tx_packets,
+            c.tx_bytes,
+            c.pass,
+            c.icmp_generated,
+            c.batches,
+            c.empty_polls,
+        ];
+        for (slot, v) in self.values.iter().zip(fixed.iter().chain(c.drops.iter())) {
+            slot.store(*v, Ordering::Relaxed);
+        }
+    }
+
+    /// A copy of the last published counters (fields may be from consecutive batches).
+    pub fn read(&self) -> WorkerCounters {
+        let v = |i: usize| self.values[i].load(Ordering::Relaxed);
+        let mut c = WorkerCounters {
+            rx_packets: v(0),
+            rx_bytes: v(1),
+            tx_packets: v(2),
+            tx_bytes: v(3),
+            pass: v(4),
+            icmp_generated: v(5),
+            batches: v(6),
+            empty_polls: v(7),
+            ..WorkerCounters::default()
+        };
+        for (i, d) in c.drops.iter_mut().enumerate() {
+            *d = v(FIXED_FIELDS + i);
+        }
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_counters_round_trip() {
+        let mut c = WorkerCounters {
+            rx_packets: 1,
+            rx_bytes: 2,
+            tx_packets: 3,
+            tx_bytes: 4,
+            pass: 5,
+            ..Default::default()
+        };
+        c.icmp_generated = 6;
+        c.batches = 7;
+        c.empty_polls = 8;
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            c.drops[*r as usize] = 100 + i as u64;
+        }
+        let shared = SharedCounters::default();
+        shared.publish(&c);
+        assert_eq!(shared.read(), c);
+    }
 
     #[test]
     fn names_are_unique_snake_case() {

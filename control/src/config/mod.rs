@@ -43,7 +43,7 @@ pub const MAX_RISE_FALL: u32 = 100;
 /// Largest backend weight (Maglev weights are relative; this keeps sums far from overflow).
 pub const MAX_WEIGHT: u32 = 65535;
 /// Maglev's imbalance bound: with a table at least this many times the backend count, each
-/// backend's share of slots stays within about 1% of its weighted share (Maglev paper, 5.3).
+/// backend's share of slots stays within about 1% of its weighted share (Maglev paper, section 3.4).
 pub const TABLE_SIZE_PER_BACKEND: u32 = 100;
 
 /// How the XDP program is attached.
@@ -259,6 +259,7 @@ pub struct BackendConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct CheckSpec {
     pub kind: CheckKind,
+    /// The check's own `port`, else the backend's; never 0.
     pub port: u16,
     /// At least `MIN_CHECK_INTERVAL`.
     pub interval: Duration,
@@ -277,8 +278,7 @@ pub enum CheckKind {
     Tcp,
     /// An HTTP GET of `path` answers `expect_status`, with `expect_body` in the body if given.
     Http { path: String, expect_status: u16, expect_body: Option<String> },
-    /// `payload` is sent (empty if `None`); if `expect` is given the reply must contain it,
-    /// otherwise any reply, or no ICMP error within the timeout, passes.
+    /// `payload` is sent (an empty datagram if `None`); with `expect`, the reply must contain it.
     Udp { payload: Option<String>, expect: Option<String> },
     /// The command exits 0. `command[0]` is the program; never empty.
     Exec { command: Vec<String> },

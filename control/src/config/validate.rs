@@ -506,9 +506,10 @@ impl Validator<'_> {
                     fallback_mode,
                     service_check.as_ref(),
                 )?;
+                let identities: HashMap<(IpAddr, Option<u16>), usize> =
+                    backends.iter().enumerate().map(|(k, b)| ((b.address, b.port), k)).collect();
                 for (j, f) in fallback.iter().enumerate() {
-                    if let Some(k) = backends.iter().position(|b| (b.address, b.port) == (f.address, f.port))
-                    {
+                    if let Some(k) = identities.get(&(f.address, f.port)) {
                         return Err(self.error(
                             format!("{path}.fallback[{j}].address"),
                             format!(
@@ -565,6 +566,7 @@ impl Validator<'_> {
             ));
         }
         let mut out: Vec<BackendConfig> = Vec::with_capacity(raw.len());
+        let mut identities: HashMap<(IpAddr, Option<u16>), usize> = HashMap::with_capacity(raw.len());
         for (j, b) in raw.iter().enumerate() {
             let path = format!("{service_path}.{list}[{j}]");
             let Text(address) = b.address;
@@ -603,7 +605,7 @@ impl Validator<'_> {
                     ))
                 }
             };
-            if let Some(k) = out.iter().position(|o| (o.address, o.port) == (address, port)) {
+            if let Some(k) = identities.insert((address, port), j) {
                 return Err(self.error(
                     format!("{path}.address"),
                     format!(

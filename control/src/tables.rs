@@ -98,6 +98,14 @@ struct TableInputs {
     members: Vec<(BackendKey, u32)>,
 }
 
+/// The last table built for a service (or its fallback): its inputs, the table, the member keys.
+#[derive(Debug)]
+struct BuiltTable {
+    inputs: TableInputs,
+    table: Arc<MaglevTable>,
+    keys: Vec<BackendKey>,
+}
+
 /// Builds snapshots, keeping backend indices stable and reusing unchanged tables.
 #[derive(Debug, Default)]
 pub struct SnapshotBuilder {
@@ -106,7 +114,7 @@ pub struct SnapshotBuilder {
     next_index: BackendIdx,
     generation: u64,
     /// Per service (and fallback): the inputs and table of the last build.
-    tables: HashMap<(ServiceKey, bool), (TableInputs, Arc<MaglevTable>, Vec<BackendKey>)>,
+    tables: HashMap<(ServiceKey, bool), BuiltTable>,
 }
 
 impl SnapshotBuilder {
@@ -264,9 +272,9 @@ impl SnapshotBuilder {
             });
         }
         let slot = (service, fallback);
-        if let Some((old_inputs, table, _)) = self.tables.get(&slot) {
-            if *old_inputs == inputs {
-                return Ok((members, table.clone()));
+        if let Some(built) = self.tables.get(&slot) {
+            if built.inputs == inputs {
+                return Ok((members, built.table.clone()));
             }
         }
         let maglev_members: Vec<MaglevMember> =
@@ -275,9 +283,7 @@ impl SnapshotBuilder {
             .map_err(|source| TablesError::Maglev { service, source })?;
         let keys: Vec<BackendKey> = inputs.members.iter().map(|(k, _)| *k).collect();
         let moved_slots = match self.tables.get(&slot) {
-            Some((old_inputs, old_table, old_keys)) if old_inputs.size == inputs.size => {
-                moved(old_table, old_keys, &table, &keys)
-            }
+            Some(old) if old.inputs.size == inputs.size => moved(&old.table, &old.keys, &table, &keys),
             _ => table.slots().len() as u32,
         };
         if !fallback {
@@ -289,7 +295,7 @@ impl SnapshotBuilder {
             });
         }
         let table = Arc::new(table);
-        self.tables.insert(slot, (inputs, table.clone(), keys));
+        self.tables.insert(slot, BuiltTable { inputs, table: table.clone(), keys });
         Ok((members, table))
     }
 }

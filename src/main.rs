@@ -18,11 +18,27 @@ struct Cli {
 enum Command {
     /// Check a configuration file: print a summary and warnings, exit 2 if it is invalid.
     CheckConfig(cmd::check_config::Args),
+    /// Which backend a new flow goes to, computed by the data plane's own code.
+    Which(cmd::which::Args),
+    /// A service's Maglev table: each backend's weight, slots and share, and the fingerprint.
+    Table(cmd::table::Args),
 }
 
-fn main() -> Result<ExitCode> {
-    let cli = Cli::parse();
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            // `{:#}` prints the whole chain of causes on one line, without a backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::CheckConfig(args) => Ok(cmd::check_config::run(&args)),
+        Command::Which(args) => cmd::which::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Table(args) => cmd::table::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }

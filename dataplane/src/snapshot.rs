@@ -9,7 +9,7 @@
 //! from its identity (service and address), so a connection-table entry that remembers
 //! `(index, tag)` can tell in O(1) whether its backend is still the same one.
 
-use crate::flow::{ip_to_16, L4Proto};
+use crate::flow::{ip_to_16, FlowKey, L4Proto};
 use crate::maglev::MaglevTable;
 use rustc_hash::FxHashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -272,6 +272,40 @@ impl Snapshot {
         let mut v: Vec<IpAddr> = self.vips.keys().map(|a| crate::flow::ip_from_16(*a)).collect();
         v.sort_unstable();
         v
+    }
+
+    /// The backend the service's Maglev table gives a flow hash, or, when none of its backends is
+    /// up, its fallback's. The one place new flows are placed: the pipeline and `fwd which` both
+    /// call it.
+    #[inline]
+    pub fn maglev_pick(&self, service: u32, hash: u64) -> Option<BackendIdx> {
+        let svc = self.services.get(service as usize)?;
+        let (members, table) = if !svc.table.is_empty() {
+            (&svc.members, &svc.table)
+        } else {
+            let fb = svc.fallback.as_ref()?;
+            (&fb.members, &fb.table)
+        };
+        members.get(usize::from(table.lookup(hash)?)).copied()
+    }
+
+    /// The flow key a service hashes: without the source port if the service says so.
+    #[inline]
+    pub fn service_flow_key(&self, service: u32, key: FlowKey) -> FlowKey {
+        match self.services.get(service as usize) {
+            Some(s) if !s.hash_src_port => key.without_src_port(),
+            _ => key,
+        }
+    }
+
+    /// The service and backend a new (untracked, unfragmented) flow goes to: what `fwd which`
+    /// answers, computed exactly as the pipeline does.
+    pub fn pick_for_new_flow(&self, key: &FlowKey) -> Option<(u32, BackendIdx)> {
+        let VipMatch::Service(service) = self.lookup(&key.dst, key.proto, key.dst_port) else {
+            return None;
+        };
+        let key = self.service_flow_key(service, *key);
+        Some((service, self.maglev_pick(service, crate::hash::flow_hash(&key))?))
     }
 
     /// The backend `idx` if it still is the one tagged `tag` and may keep existing flows.

@@ -1,3 +1,5 @@
 //! The operator commands of the `fwd` binary, one module each.
 
 pub mod check_config;
+pub mod table;
+pub mod which;

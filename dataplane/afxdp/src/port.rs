@@ -907,3 +907,212 @@ unsafe fn tx_slot(ring: *mut xdp::xsk_ring_prod, idx: u32) -> *mut xdp::xdp_desc
     // SAFETY: the TX ring holds `mask + 1` xdp_desc entries.
     unsafe { (*ring).ring.cast::<xdp::xdp_desc>().add((idx & (*ring).mask) as usize) }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testnet::{self, NetnsPair, A_V4, A_V6, IFACE, VIP_V4, VIP_V6};
+    use crate::{AttachMode, XdpProgram};
+    use std::net::{IpAddr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    const ECHO_PORT: u16 = 9000;
+    const DATAGRAMS: u32 = 40;
+    /// How far the bounce moves every other frame's start into the headroom before sending it.
+    const SHIFT: usize = 64;
+
+    /// Turns a UDP datagram around in place: swaps MACs, IP addresses and ports. Both checksums
+    /// stay valid (they are sums, and swapping the terms does not change a sum).
+    fn reflect_udp(frame: &mut [u8]) -> bool {
+        if frame.len() < 14 {
+            return false;
+        }
+        let (dst, rest) = frame.split_at_mut(6);
+        dst.swap_with_slice(&mut rest[..6]);
+        let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
+        let (addresses, udp) = match ether_type {
+            0x0800 if frame.len() >= 14 + 20 => {
+                let ihl = usize::from(frame[14] & 0x0f) * 4;
+                (14 + 12..14 + 20, 14 + ihl)
+            }
+            0x86dd if frame.len() >= 14 + 40 && frame[14 + 6] == 17 => (14 + 8..14 + 40, 14 + 40),
+            _ => return false,
+        };
+        if frame.len() < udp + 8 {
+            return false;
+        }
+        let half = (addresses.end - addresses.start) / 2;
+        let (src_ip, dst_ip) = frame[addresses].split_at_mut(half);
+        src_ip.swap_with_slice(dst_ip);
+        let (src_port, dst_port) = frame[udp..udp + 4].split_at_mut(2);
+        src_port.swap_with_slice(dst_port);
+        true
+    }
+
+    /// Sends `DATAGRAMS` numbered datagrams to `vip`, one at a time, and counts the echoes that
+    /// come back intact. A warm-up datagram first, retried, carries the wait for ARP/ND.
+    fn echo_count(vip: &str) -> u32 {
+        let vip: IpAddr = vip.parse().unwrap();
+        let local = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let socket = UdpSocket::bind(local).unwrap();
+        socket.connect((vip, ECHO_PORT)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+        let mut reply = [0u8; 64];
+        let mut exchange = |payload: &[u8]| {
+            socket.send(payload).unwrap();
+            matches!(socket.recv(&mut reply), Ok(n) if &reply[..n] == payload)
+        };
+        assert!((0..5).any(|_| exchange(b"warm-up")), "no echo from {vip} at all");
+        (0..DATAGRAMS).filter(|i| exchange(format!("fwd-bounce-{i}").as_bytes())).count() as u32
+    }
+
+    /// Sets the flag when dropped, also while unwinding: stops the bounce thread if the test fails.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct BounceRun {
+        stats: PortStats,
+        bound: Option<BoundMode>,
+        counters: crate::XdpCounters,
+        min_headroom: usize,
+        max_headroom: usize,
+        shifted: u64,
+    }
+
+    /// In namespace `ns`: attaches the program, opens a port on queue 0, and bounces UDP to the
+    /// VIPs until `stop` (or a minute, whichever is first). Every other frame is moved `SHIFT`
+    /// bytes into its headroom before it is sent, as an encapsulation would.
+    fn bounce(ns: &str, ready: mpsc::Sender<()>, stop: &AtomicBool) -> BounceRun {
+        testnet::enter(ns);
+        let mut program = XdpProgram::load().unwrap();
+        program.attach(IFACE, AttachMode::Auto).unwrap();
+        let config = PortConfig { frame_count: 256, ..PortConfig::default() };
+        let mut port = Port::open(IFACE, 0, &config).unwrap();
+        program.register_port(&port).unwrap();
+        program.sync_vips(&[VIP_V4.parse().unwrap(), VIP_V6.parse().unwrap()]).unwrap();
+        ready.send(()).unwrap();
+
+        let mut run = BounceRun { min_headroom: usize::MAX, ..BounceRun::default() };
+        let mut seen = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let received = port.poll(MAX_BATCH, &mut |batch, verdicts| {
+                for (frame, verdict) in batch.iter_mut().zip(verdicts.iter_mut()) {
+                    run.min_headroom = run.min_headroom.min(frame.headroom());
+                    run.max_headroom = run.max_headroom.max(frame.headroom());
+                    if !reflect_udp(frame.data_mut()) {
+                        continue; // stays Drop(Malformed)
+                    }
+                    seen += 1;
+                    if seen.is_multiple_of(2) {
+                        let len = frame.len();
+                        let whole = frame.push_front(SHIFT).unwrap();
+                        whole.copy_within(SHIFT..SHIFT + len, 0);
+                        // Wipe what is left of the old copy: only the moved one may be sent.
+                        whole[len..].fill(0);
+                        frame.truncate(len);
+                        run.shifted += 1;
+                    }
+                    *verdict = Verdict::Tx;
+                }
+            });
+            if received == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        run.stats = port.stats();
+        run.bound = Some(port.bound_mode());
+        run.counters = program.counters().unwrap();
+        drop(port);
+        drop(program);
+        run
+    }
+
+    #[test]
+    fn bounces_vip_udp_while_the_kernel_keeps_arp_nd_and_ping() {
+        let net = NetnsPair::new();
+        let stop = AtomicBool::new(false);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (answered_v4, answered_v6, run) = std::thread::scope(|scope| {
+            let _stop_on_failure = StopOnDrop(&stop);
+            let fwd = scope.spawn(|| bounce(&net.a, ready_tx, &stop));
+            ready_rx.recv_timeout(Duration::from_secs(30)).expect("the bounce side did not start");
+
+            let (v4, v6) = NetnsPair::run_in(&net.b, || (echo_count(VIP_V4), echo_count(VIP_V6)));
+            // The kernel still owns everything that is not a VIP: ARP and ND resolve (the cache
+            // is flushed first) and the box's own addresses answer pings.
+            testnet::run("ip", &["-n", &net.b, "neigh", "flush", "dev", IFACE]);
+            for (family, address) in [("-4", A_V4), ("-6", A_V6)] {
+                testnet::run(
+                    "ip",
+                    &["netns", "exec", &net.b, "ping", family, "-c", "2", "-i", "0.2", "-W", "2", address],
+                );
+            }
+            stop.store(true, Ordering::Relaxed);
+            (v4, v6, fwd.join().expect("bounce thread"))
+        });
+
+        assert_eq!((answered_v4, answered_v6), (DATAGRAMS, DATAGRAMS), "{run:?}");
+        assert_eq!(run.bound, Some(BoundMode::Copy), "veth has no zero-copy: auto falls back to copy");
+        assert_eq!((run.min_headroom, run.max_headroom), (HEADROOM, HEADROOM), "{run:?}");
+        assert!(run.shifted >= u64::from(DATAGRAMS), "{run:?}");
+        let s = run.stats;
+        assert!(s.rx_frames >= u64::from(2 * DATAGRAMS), "{s:?}");
+        assert_eq!(s.tx_frames + s.drop_recycled, s.rx_frames, "{s:?}");
+        assert_eq!((s.bad_rx_descs, s.lost_frames, s.tx_ring_full, s.tx_kick_errors), (0, 0, 0, 0), "{s:?}");
+        let c = run.counters;
+        assert_eq!(c.redirected, s.rx_frames, "{c:?} {s:?}");
+        assert!(c.passed > 0, "ARP, ND and ping went to the kernel: {c:?}");
+        assert_eq!(c.vip_without_socket, 0, "{c:?}");
+
+        let link = NetnsPair::link_json(&net.a);
+        assert!(
+            link.get("xdp").is_none(),
+            "no XDP program left after the port and program are dropped: {link}"
+        );
+    }
+
+    #[test]
+    fn open_explains_what_is_wrong() {
+        testnet::require_root();
+        let missing = Port::open("fwdt-nosuch0", 0, &PortConfig::default()).unwrap_err();
+        assert!(matches!(&missing, PortError::NoSuchInterface { ifname } if ifname == "fwdt-nosuch0"));
+
+        let bad_size = PortConfig { frame_size: 3000, ..PortConfig::default() };
+        assert_eq!(
+            Port::open("lo", 0, &bad_size).unwrap_err().to_string(),
+            "frame_size 3000 is not allowed: use 2048 or 4096"
+        );
+        let bad_count = PortConfig { frame_count: 1000, ..PortConfig::default() };
+        assert!(matches!(Port::open("lo", 0, &bad_count), Err(PortError::FrameCount { frame_count: 1000 })));
+
+        let net = NetnsPair::new();
+        let no_queue =
+            NetnsPair::run_in(&net.a, || Port::open(IFACE, 3, &PortConfig::default()).unwrap_err());
+        assert!(matches!(no_queue, PortError::NoSuchQueue { queue: 3, queues: 1, .. }), "{no_queue:?}");
+        assert!(no_queue.to_string().contains("`ethtool -L veth0 rx 4 tx 4`"), "{no_queue}");
+
+        let zero_copy = PortConfig { bind_mode: BindMode::ZeroCopy, ..PortConfig::default() };
+        let refused = NetnsPair::run_in(&net.a, || Port::open(IFACE, 0, &zero_copy).unwrap_err());
+        assert!(matches!(refused, PortError::Bind { mode: BoundMode::ZeroCopy, .. }), "{refused:?}");
+    }
+
+    #[test]
+    fn second_socket_on_a_queue_is_refused_with_a_hint() {
+        let net = NetnsPair::new();
+        NetnsPair::run_in(&net.a, || {
+            let config = PortConfig { frame_count: 256, bind_mode: BindMode::Copy, ..PortConfig::default() };
+            let _first = Port::open(IFACE, 0, &config).unwrap();
+            let second = Port::open(IFACE, 0, &config).unwrap_err();
+            assert!(second.to_string().contains("another AF_XDP socket is bound"), "{second}");
+        });
+    }
+}

@@ -244,10 +244,10 @@ impl XdpProgram {
             AttachMode::Generic => self.attach_in(ifname, ifindex, AttachedMode::Generic)?,
             AttachMode::Auto => match self.attach_in(ifname, ifindex, AttachedMode::Native) {
                 Ok(m) => m,
-                Err(native) => self.attach_in(ifname, ifindex, AttachedMode::Generic).map_err(|generic| {
-                    eprintln!("fwd-afxdp: native XDP on {ifname} failed too: {native}");
-                    generic
-                })?,
+                Err(native) => {
+                    eprintln!("fwd-afxdp: {native}; trying generic mode");
+                    self.attach_in(ifname, ifindex, AttachedMode::Generic)?
+                }
             },
         };
         eprintln!("fwd-afxdp: XDP program attached to {ifname} (ifindex {ifindex}) in {attached} mode");

@@ -1,0 +1,170 @@
+//! AF_XDP bounce: receives the frames addressed to `--vip` on one queue, swaps their MAC addresses
+//! and sends them back out of the same queue, for `--seconds`.
+//!
+//! This is the ceiling of anything fwd can do through one AF_XDP port (no parsing, no lookup):
+//! the benchmark harness runs it as the "receive + transmit only" baseline. Prints a summary on
+//! stderr and one JSON object on stdout.
+//!
+//! ```text
+//! cargo run --release -p fwd-afxdp --example bounce -- --iface veth0 --queue 0 --seconds 10 --vip 198.18.100.1
+//! ```
+
+use anyhow::{Context, Result};
+use clap::{Parser, ValueEnum};
+use fwd_afxdp::{AttachMode, BindMode, Port, PortConfig, XdpProgram};
+use fwd_dataplane::io::{PacketIo, Verdict, MAX_BATCH};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum XdpModeArg {
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum BindArg {
+    Auto,
+    Copy,
+    ZeroCopy,
+}
+
+#[derive(Debug, Parser)]
+#[command(about = "Receive VIP frames on one AF_XDP queue, swap MACs, send them back")]
+struct Args {
+    /// Interface to attach to.
+    #[arg(long)]
+    iface: String,
+    /// Queue to bind the AF_XDP socket to.
+    #[arg(long, default_value_t = 0)]
+    queue: u32,
+    /// How long to run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Destination address steered to the socket (the generator's destination); repeatable.
+    #[arg(long = "vip", required = true)]
+    vips: Vec<IpAddr>,
+    #[arg(long, value_enum, default_value = "auto")]
+    xdp_mode: XdpModeArg,
+    #[arg(long, value_enum, default_value = "auto")]
+    bind: BindArg,
+    /// UMEM frames (a power of two).
+    #[arg(long, default_value_t = 4096)]
+    frames: u32,
+    /// Bytes per UMEM frame (2048 or 4096).
+    #[arg(long, default_value_t = 2048)]
+    frame_size: u32,
+    /// Kick the kernel on every transmit instead of when it asks.
+    #[arg(long)]
+    no_need_wakeup: bool,
+    /// Frames per poll (at most 64).
+    #[arg(long, default_value_t = MAX_BATCH)]
+    batch: usize,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let mut program = XdpProgram::load().context("loading the XDP program")?;
+    let mode = match args.xdp_mode {
+        XdpModeArg::Auto => AttachMode::Auto,
+        XdpModeArg::Native => AttachMode::Native,
+        XdpModeArg::Generic => AttachMode::Generic,
+    };
+    let attached = program.attach(&args.iface, mode)?;
+    let config = PortConfig {
+        frame_count: args.frames,
+        frame_size: args.frame_size,
+        bind_mode: match args.bind {
+            BindArg::Auto => BindMode::Auto,
+            BindArg::Copy => BindMode::Copy,
+            BindArg::ZeroCopy => BindMode::ZeroCopy,
+        },
+        need_wakeup: !args.no_need_wakeup,
+    };
+    let mut port = Port::open(&args.iface, args.queue, &config)?;
+    program.register_port(&port)?;
+    program.sync_vips(&args.vips)?;
+    eprintln!(
+        "bounce: {} queue {} ({} XDP, {} socket, tx budget {:?}), {} s",
+        args.iface,
+        args.queue,
+        attached.mode,
+        port.bound_mode(),
+        port.tx_budget(),
+        args.seconds
+    );
+
+    let mut busy_polls = 0u64;
+    let mut empty_polls = 0u64;
+    let mut bytes = 0u64;
+    let mut swap = |batch: &mut fwd_dataplane::io::Batch<'_>, verdicts: &mut [Verdict]| {
+        for (frame, verdict) in batch.iter_mut().zip(verdicts.iter_mut()) {
+            let data = frame.data_mut();
+            if data.len() >= 12 {
+                let (dst, src) = data.split_at_mut(6);
+                dst.swap_with_slice(&mut src[..6]);
+                bytes += data.len() as u64;
+                *verdict = Verdict::Tx;
+            }
+        }
+    };
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.seconds);
+    let mut polls_since_clock = 0u32;
+    loop {
+        if port.poll(args.batch, &mut swap) == 0 {
+            empty_polls += 1;
+        } else {
+            busy_polls += 1;
+        }
+        polls_since_clock += 1;
+        if polls_since_clock >= 1024 {
+            polls_since_clock = 0;
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = port.stats();
+    let kernel = port.kernel_stats().context("reading the socket's kernel counters")?;
+    let xdp = program.counters()?;
+    let mpps = stats.tx_frames as f64 / elapsed / 1e6;
+    eprintln!(
+        "bounce: rx {} tx {} frames in {elapsed:.2} s: {mpps:.3} Mpps; polls busy {busy_polls} empty {empty_polls}; \
+         xdp redirected {} passed {}; kernel rx_dropped {} rx_ring_full {} fill_empty {}",
+        stats.rx_frames,
+        stats.tx_frames,
+        xdp.redirected,
+        xdp.passed,
+        kernel.rx_dropped,
+        kernel.rx_ring_full,
+        kernel.rx_fill_ring_empty_descs
+    );
+    let report = serde_json::json!({
+        "iface": args.iface,
+        "queue": args.queue,
+        "xdp_mode": attached.mode.name(),
+        "bind_mode": port.bound_mode().name(),
+        "seconds": elapsed,
+        "rx_frames": stats.rx_frames,
+        "tx_frames": stats.tx_frames,
+        "tx_bytes": bytes,
+        "mpps": mpps,
+        "busy_polls": busy_polls,
+        "empty_polls": empty_polls,
+        "tx_kicks": stats.tx_kicks,
+        "tx_kick_errors": stats.tx_kick_errors,
+        "fill_kicks": stats.fill_kicks,
+        "xdp_redirected": xdp.redirected,
+        "xdp_passed": xdp.passed,
+        "xdp_vip_without_socket": xdp.vip_without_socket,
+        "kernel_rx_dropped": kernel.rx_dropped,
+        "kernel_rx_ring_full": kernel.rx_ring_full,
+        "kernel_rx_fill_ring_empty": kernel.rx_fill_ring_empty_descs,
+        "kernel_tx_invalid_descs": kernel.tx_invalid_descs,
+    });
+    println!("{report}");
+    Ok(())
+}

@@ -1,0 +1,35 @@
+//! fwd's kernel interface: the XDP program that steers VIP traffic to AF_XDP sockets, and the
+//! AF_XDP ports the workers poll.
+//!
+//! - [`XdpProgram`] loads `bpf/fwd_xdp.c` (compiled by build.rs, embedded in the binary), attaches
+//!   it to an interface, keeps its `vips` map in sync and registers each queue's socket.
+//! - [`Port`] is one AF_XDP socket with its own UMEM, bound to one queue; it implements
+//!   [`fwd_dataplane::io::PacketIo`], so the pipeline sees batches of [`fwd_dataplane::frame::Frame`]s.
+//!
+//! Typical start-up for one interface:
+//! ```no_run
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use fwd_afxdp::{AttachMode, Port, PortConfig, XdpProgram};
+//! let mut program = XdpProgram::load()?;
+//! program.attach("eth0", AttachMode::Auto)?;
+//! let port = Port::open("eth0", 0, &PortConfig::default())?;
+//! program.register_port(&port)?;
+//! program.sync_vips(&["198.18.100.1".parse()?])?;
+//! // ... a worker thread polls `port` ...
+//! # Ok(()) }
+//! ```
+//!
+//! This is the only crate of the workspace with `unsafe` code: every block says why it is sound.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod port;
+pub mod program;
+mod sys;
+#[cfg(test)]
+mod testnet;
+
+pub use port::{BindMode, BoundMode, KernelStats, Port, PortConfig, PortError, PortStats};
+pub use program::{
+    AttachMode, AttachReport, AttachedMode, ProgramError, RemovedProgram, VipSync, XdpCounters, XdpProgram,
+    MAX_QUEUES, MAX_VIPS,
+};

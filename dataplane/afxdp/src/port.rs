@@ -1,0 +1,1118 @@
+//! AF_XDP ports: one socket and one UMEM per (interface, queue), driven as a [`PacketIo`].
+//!
+//! Built directly on libxdp's `xsk_*` API (libxdp-sys, the library xsk-rs 0.11 wraps) because
+//! xsk-rs cannot express what the pipeline needs: its `FrameDesc` has no way to set the address
+//! a frame is transmitted from, so a frame whose start moved into the headroom (encapsulation)
+//! could not be sent without copying it back; and it hands out the headroom and the packet as two
+//! separate slices, never the whole chunk that [`Frame`] works on.
+//!
+//! # Frames
+//! The UMEM is one anonymous mapping of `frame_count` chunks of `frame_size` bytes (aligned mode:
+//! a chunk starts at a multiple of `frame_size`). The kernel writes a received packet at
+//! `XDP_PACKET_HEADROOM` (256) bytes into its chunk; that headroom is ours once the frame is, so the
+//! UMEM's own user headroom is 0 and every received [`Frame`] starts with exactly
+//! [`HEADROOM`] bytes in front of it. A frame is transmitted from wherever its start ended up
+//! (descriptor address = chunk + start).
+//!
+//! # Where the frames are
+//! Every frame is always in exactly one place: the fill ring, the kernel (being received), the RX
+//! ring, this port (between `poll`'s receive and its transmit/recycle), the TX ring or the
+//! completion ring. The fill and completion rings are as large as the whole UMEM, so recycling a
+//! frame to the fill ring always finds room: no free list is needed. Completed transmissions go
+//! straight back to the fill ring.
+//!
+//! # Verdicts
+//! `Tx` frames go out of this queue; `Drop` frames are recycled. `Pass` frames are recycled too,
+//! and counted in [`PortStats::pass_recycled`]: AF_XDP has no way to hand a frame to the kernel's
+//! stack. Our XDP program only redirects frames addressed to a VIP, so the pipeline only says
+//! `Pass` for traffic that reached it during a VIP-map update (an address just removed).
+
+use crate::sys;
+use arrayvec::ArrayVec;
+use fwd_dataplane::counters::DropReason;
+use fwd_dataplane::frame::{Frame, HEADROOM};
+use fwd_dataplane::io::{Batch, PacketIo, Verdict, MAX_BATCH};
+use libxdp_sys as xdp;
+use std::ffi::{c_int, CString};
+use std::fmt;
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::ptr::NonNull;
+
+/// Smallest and largest UMEM, in frames.
+pub const MIN_FRAMES: u32 = 2 * MAX_BATCH as u32;
+pub const MAX_FRAMES: u32 = 1 << 20;
+
+/// `SOL_XDP` socket option level and the option raising how many frames one `sendto()` sends in
+/// copy mode (32 by default); not in libc's or libxdp's headers for this kernel yet.
+const SOL_XDP: c_int = 283;
+const XDP_MAX_TX_SKB_BUDGET: c_int = 9;
+
+/// The user headroom we ask the UMEM for: the kernel's own XDP headroom already puts
+/// [`HEADROOM`] bytes in front of every received packet.
+const UMEM_FRAME_HEADROOM: u32 = 0;
+const _: () = assert!(xdp::XDP_PACKET_HEADROOM as usize + UMEM_FRAME_HEADROOM as usize >= HEADROOM);
+
+/// How to bind the socket to its queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BindMode {
+    /// Zero-copy if the driver supports it, otherwise copy.
+    Auto,
+    /// The kernel copies frames between its buffers and the UMEM (any driver, veth included).
+    Copy,
+    /// The NIC DMAs straight into the UMEM (driver support needed).
+    ZeroCopy,
+}
+
+/// How the socket ended up bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BoundMode {
+    Copy,
+    ZeroCopy,
+}
+
+impl BoundMode {
+    fn bind_flag(self) -> u16 {
+        match self {
+            BoundMode::Copy => xdp::XDP_COPY as u16,
+            BoundMode::ZeroCopy => xdp::XDP_ZEROCOPY as u16,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BoundMode::Copy => "copy",
+            BoundMode::ZeroCopy => "zero-copy",
+        }
+    }
+}
+
+impl fmt::Display for BoundMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The shape of a port's UMEM and how its socket is bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortConfig {
+    /// Frames in the UMEM: a power of two; also the size of every ring.
+    pub frame_count: u32,
+    /// Bytes per frame: 2048 or 4096 (the largest frame received is `frame_size - 256`).
+    pub frame_size: u32,
+    pub bind_mode: BindMode,
+    /// Let the kernel say when it needs a `sendto()`/`recvfrom()` kick instead of kicking always.
+    pub need_wakeup: bool,
+}
+
+impl Default for PortConfig {
+    fn default() -> Self {
+        PortConfig { frame_count: 4096, frame_size: 2048, bind_mode: BindMode::Auto, need_wakeup: true }
+    }
+}
+
+impl PortConfig {
+    /// Bytes of UMEM the port maps and locks.
+    pub fn umem_bytes(&self) -> u64 {
+        u64::from(self.frame_count) * u64::from(self.frame_size)
+    }
+
+    fn validate(&self) -> Result<(), PortError> {
+        if self.frame_size != 2048 && self.frame_size != 4096 {
+            return Err(PortError::FrameSize { frame_size: self.frame_size });
+        }
+        if !self.frame_count.is_power_of_two() || !(MIN_FRAMES..=MAX_FRAMES).contains(&self.frame_count) {
+            return Err(PortError::FrameCount { frame_count: self.frame_count });
+        }
+        Ok(())
+    }
+}
+
+/// What a port did, counted by the port itself (the pipeline counts per drop reason).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortStats {
+    /// Frames received from the RX ring (including any rejected as bad descriptors).
+    pub rx_frames: u64,
+    /// Frames put on the TX ring.
+    pub tx_frames: u64,
+    /// `Pass` verdicts: recycled, since AF_XDP cannot hand a frame to the kernel's stack.
+    pub pass_recycled: u64,
+    /// `Drop` verdicts, recycled.
+    pub drop_recycled: u64,
+    /// `Tx` verdicts on an empty frame, recycled (the kernel would reject the descriptor).
+    pub tx_empty: u64,
+    /// `Tx` verdicts the TX ring had no room for, recycled (cannot happen while every ring is as
+    /// large as the UMEM; kept as evidence).
+    pub tx_ring_full: u64,
+    /// RX descriptors outside the UMEM or for a frame this port already held: skipped.
+    pub bad_rx_descs: u64,
+    /// Frames that could not be put back on the fill ring (cannot happen, see `tx_ring_full`).
+    pub lost_frames: u64,
+    /// `sendto()` kicks of the TX ring, and how many failed with something other than EAGAIN.
+    pub tx_kicks: u64,
+    pub tx_kick_errors: u64,
+    /// `recvfrom()` kicks of the fill ring when the kernel asked for one.
+    pub fill_kicks: u64,
+}
+
+/// The kernel's own counters for the socket (`getsockopt(XDP_STATISTICS)`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelStats {
+    pub rx_dropped: u64,
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    pub rx_ring_full: u64,
+    pub rx_fill_ring_empty_descs: u64,
+    pub tx_ring_empty_descs: u64,
+}
+
+fn show_limit(bytes: u64) -> String {
+    if bytes == libc::RLIM_INFINITY {
+        "unlimited".to_string()
+    } else {
+        format!("{bytes} bytes")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    #[error("frame_size {frame_size} is not allowed: use 2048 or 4096")]
+    FrameSize { frame_size: u32 },
+    #[error(
+        "frame_count {frame_count} is not allowed: use a power of two from {MIN_FRAMES} to {MAX_FRAMES}"
+    )]
+    FrameCount { frame_count: u32 },
+    #[error("interface `{ifname}` does not exist (in this network namespace)")]
+    NoSuchInterface { ifname: String },
+    #[error(
+        "queue {queue} does not exist on `{ifname}`, which has {queues} queue(s) (0..{queues}); \
+         raise the count with `{hint}`"
+    )]
+    NoSuchQueue { ifname: String, queue: u32, queues: u32, hint: String },
+    #[error(
+        "cannot lock {needed} bytes of UMEM for `{ifname}` queue {queue}: RLIMIT_MEMLOCK is {} (hard limit {}) \
+         and this process may not raise it; run as root, or raise it with `ulimit -l unlimited` \
+         (LimitMEMLOCK=infinity under systemd), or use fewer/smaller frames",
+        show_limit(*soft), show_limit(*hard)
+    )]
+    Memlock { ifname: String, queue: u32, needed: u64, soft: u64, hard: u64 },
+    #[error("cannot map {bytes} bytes of UMEM: {source}")]
+    Mmap { bytes: u64, source: io::Error },
+    #[error("cannot register the UMEM ({bytes} bytes) with the kernel: {source}{hint}")]
+    Umem { bytes: u64, source: io::Error, hint: &'static str },
+    #[error("cannot bind an AF_XDP socket to `{ifname}` queue {queue} in {mode} mode: {source}{hint}")]
+    Bind { ifname: String, queue: u32, mode: BoundMode, source: io::Error, hint: &'static str },
+    #[error("the fill ring took {placed} of {frame_count} frames at startup")]
+    FillRing { placed: u32, frame_count: u32 },
+}
+
+/// A libxdp ring struct on the heap, at an address that never changes: libxdp keeps pointers to
+/// it (and dereferences them when deleting the socket or UMEM). Reached only through raw
+/// pointers, so no Rust reference to it is ever live while libxdp or the kernel uses it.
+struct RingBox<T>(NonNull<T>);
+
+impl<T> RingBox<T> {
+    /// A zeroed ring struct, which is what libxdp expects to fill in.
+    fn zeroed() -> Self {
+        // SAFETY: the ring structs are plain old data (integers and raw pointers): all-zero is a
+        // valid value.
+        let value: T = unsafe { std::mem::zeroed() };
+        RingBox(NonNull::from(Box::leak(Box::new(value))))
+    }
+
+    #[inline]
+    fn ptr(&self) -> *mut T {
+        self.0.as_ptr()
+    }
+}
+
+impl<T> Drop for RingBox<T> {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from Box::leak in `zeroed` and is freed once, here; the owners
+        // (Socket, Umem) are declared so that libxdp's last use happens before this drop.
+        drop(unsafe { Box::from_raw(self.0.as_ptr()) });
+    }
+}
+
+/// The anonymous mapping backing a UMEM.
+struct Mapping {
+    base: NonNull<u8>,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: anonymous private mapping with no address hint; the result is checked.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let base =
+            NonNull::new(addr.cast::<u8>()).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+        Ok(Mapping { base, len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `base`/`len` describe our own mapping, unmapped once; the UMEM that registered
+        // it is deleted first (field order in `Umem`), and no slice into it outlives `poll`.
+        unsafe { libc::munmap(self.base.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A registered UMEM with its fill and completion rings. Fields drop in order: the UMEM is
+/// deleted (Drop) before the ring structs and the mapping it points into are freed.
+struct Umem {
+    umem: NonNull<xdp::xsk_umem>,
+    fill: RingBox<xdp::xsk_ring_prod>,
+    comp: RingBox<xdp::xsk_ring_cons>,
+    area: Mapping,
+}
+
+impl Drop for Umem {
+    fn drop(&mut self) {
+        // SAFETY: the UMEM is ours and deleted once; its socket (if any) was deleted before (the
+        // socket is declared before the UMEM in `Port`), so it is no longer in use.
+        let rc = unsafe { xdp::xsk_umem__delete(self.umem.as_ptr()) };
+        if rc != 0 {
+            eprintln!("fwd-afxdp: deleting a UMEM failed: {}", sys::neg_errno(rc));
+        }
+    }
+}
+
+/// An AF_XDP socket with its RX and TX rings.
+struct Socket {
+    xsk: NonNull<xdp::xsk_socket>,
+    rx: RingBox<xdp::xsk_ring_cons>,
+    tx: RingBox<xdp::xsk_ring_prod>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        // SAFETY: the socket is ours and deleted once, before its ring structs (fields) and before
+        // the UMEM whose fill/completion ring structs libxdp dereferences here.
+        unsafe { xdp::xsk_socket__delete(self.xsk.as_ptr()) };
+    }
+}
+
+/// Which frames this port holds between receive and transmit/recycle: the guard that makes the
+/// mutable slices handed to the pipeline disjoint (see `Port::poll`).
+struct HeldFrames(Vec<u64>);
+
+impl HeldFrames {
+    fn new(frame_count: u32) -> Self {
+        HeldFrames(vec![0; (frame_count as usize).div_ceil(64)])
+    }
+
+    /// Marks `frame` held; `false` if it already was (or is out of range).
+    #[inline]
+    fn claim(&mut self, frame: usize) -> bool {
+        match self.0.get_mut(frame / 64) {
+            Some(word) => {
+                let bit = 1u64 << (frame % 64);
+                let was_free = *word & bit == 0;
+                *word |= bit;
+                was_free
+            }
+            None => false,
+        }
+    }
+
+    #[inline]
+    fn release(&mut self, frame: usize) {
+        if let Some(word) = self.0.get_mut(frame / 64) {
+            *word &= !(1u64 << (frame % 64));
+        }
+    }
+}
+
+/// A received frame this port holds: its chunk (offset into the UMEM) and its span in the chunk.
+#[derive(Clone, Copy)]
+struct Held {
+    chunk: u64,
+    start: u32,
+    len: u32,
+}
+
+/// One AF_XDP socket bound to one queue of one interface, with its own UMEM.
+pub struct Port {
+    // Declared (so dropped) before `umem`: libxdp reads the UMEM's ring structs while deleting
+    // the socket.
+    socket: Socket,
+    umem: Umem,
+    fd: c_int,
+    ifname: String,
+    queue: u32,
+    bound: BoundMode,
+    need_wakeup: bool,
+    frame_size: u64,
+    frame_count: u32,
+    held: HeldFrames,
+    /// Frames on the TX ring or the completion ring, not yet back on the fill ring.
+    tx_in_flight: u32,
+    tx_budget: Option<u32>,
+    stats: PortStats,
+}
+
+impl fmt::Debug for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Port")
+            .field("ifname", &self.ifname)
+            .field("queue", &self.queue)
+            .field("bound", &self.bound)
+            .field("frame_size", &self.frame_size)
+            .field("frame_count", &self.frame_count)
+            .field("stats", &self.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+// SAFETY: a Port exclusively owns its UMEM, rings and socket (one UMEM per port, never shared);
+// libxdp's structures are not tied to the thread that created them, and every access goes through
+// `&mut self` (poll) or reads of immutable fields and the socket fd.
+unsafe impl Send for Port {}
+
+impl Port {
+    /// Creates the UMEM and the socket and binds it to `queue` of `ifname`, with every frame on
+    /// the fill ring. The socket receives nothing until it is in the XDP program's `xsks` map
+    /// ([`XdpProgram::register_port`](crate::XdpProgram::register_port)).
+    pub fn open(ifname: &str, queue: u32, config: &PortConfig) -> Result<Port, PortError> {
+        config.validate()?;
+        let no_interface = || PortError::NoSuchInterface { ifname: ifname.to_string() };
+        let c_name = sys::interface_name(ifname).ok_or_else(no_interface)?;
+        sys::interface_index(ifname).ok_or_else(no_interface)?;
+        if let Some(count) = sys::queue_count(&c_name) {
+            if queue >= count.usable {
+                let wanted = queue + 1;
+                let hint = if count.combined {
+                    format!("ethtool -L {ifname} combined {wanted}")
+                } else {
+                    format!("ethtool -L {ifname} rx {wanted} tx {wanted}")
+                };
+                return Err(PortError::NoSuchQueue {
+                    ifname: ifname.to_string(),
+                    queue,
+                    queues: count.usable,
+                    hint,
+                });
+            }
+        }
+        let needed = config.umem_bytes();
+        if let Err((soft, hard)) = sys::ensure_memlock(needed) {
+            return Err(PortError::Memlock { ifname: ifname.to_string(), queue, needed, soft, hard });
+        }
+        match config.bind_mode {
+            BindMode::Copy => Port::open_bound(ifname, &c_name, queue, config, BoundMode::Copy),
+            BindMode::ZeroCopy => Port::open_bound(ifname, &c_name, queue, config, BoundMode::ZeroCopy),
+            BindMode::Auto => Port::open_bound(ifname, &c_name, queue, config, BoundMode::ZeroCopy)
+                .or_else(|_| Port::open_bound(ifname, &c_name, queue, config, BoundMode::Copy)),
+        }
+    }
+
+    fn open_bound(
+        ifname: &str,
+        c_name: &CString,
+        queue: u32,
+        config: &PortConfig,
+        mode: BoundMode,
+    ) -> Result<Port, PortError> {
+        let bytes = config.umem_bytes();
+        let len = usize::try_from(bytes)
+            .map_err(|_| PortError::Mmap { bytes, source: io::Error::from(io::ErrorKind::OutOfMemory) })?;
+        let area = Mapping::new(len).map_err(|source| PortError::Mmap { bytes, source })?;
+        let fill = RingBox::<xdp::xsk_ring_prod>::zeroed();
+        let comp = RingBox::<xdp::xsk_ring_cons>::zeroed();
+        let umem_config = xdp::xsk_umem_config {
+            fill_size: config.frame_count,
+            comp_size: config.frame_count,
+            frame_size: config.frame_size,
+            frame_headroom: UMEM_FRAME_HEADROOM,
+            flags: 0,
+        };
+        let mut umem_ptr: *mut xdp::xsk_umem = std::ptr::null_mut();
+        // SAFETY: `area` is a live mapping of `bytes` bytes; the ring structs are heap-allocated
+        // at fixed addresses that outlive the UMEM (see `Umem`'s field order); libxdp writes the
+        // new UMEM's pointer into `umem_ptr`.
+        let rc = unsafe {
+            xdp::xsk_umem__create(
+                &mut umem_ptr,
+                area.base.as_ptr().cast(),
+                bytes,
+                fill.ptr(),
+                comp.ptr(),
+                &umem_config,
+            )
+        };
+        if rc != 0 {
+            let source = sys::neg_errno(rc);
+            let hint = match source.raw_os_error() {
+                Some(libc::ENOBUFS) | Some(libc::ENOMEM) | Some(libc::EPERM) => {
+                    " (RLIMIT_MEMLOCK too low? run as root or `ulimit -l unlimited`)"
+                }
+                _ => "",
+            };
+            return Err(PortError::Umem { bytes, source, hint });
+        }
+        let Some(umem_ptr) = NonNull::new(umem_ptr) else {
+            return Err(PortError::Umem { bytes, source: io::Error::from(io::ErrorKind::Other), hint: "" });
+        };
+        let umem = Umem { umem: umem_ptr, fill, comp, area };
+
+        let rx = RingBox::<xdp::xsk_ring_cons>::zeroed();
+        let tx = RingBox::<xdp::xsk_ring_prod>::zeroed();
+        let mut bind_flags = mode.bind_flag();
+        if config.need_wakeup {
+            bind_flags |= xdp::XDP_USE_NEED_WAKEUP as u16;
+        }
+        let socket_config = xdp::xsk_socket_config {
+            rx_size: config.frame_count,
+            tx_size: config.frame_count,
+            // Our own program is loaded and fills `xsks` itself: libxdp must not load its own
+            // (which would redirect every frame, ARP included, to the socket).
+            __bindgen_anon_1: xdp::xsk_socket_config__bindgen_ty_1 {
+                libxdp_flags: xdp::XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD,
+            },
+            xdp_flags: 0,
+            bind_flags,
+        };
+        let mut xsk_ptr: *mut xdp::xsk_socket = std::ptr::null_mut();
+        // SAFETY: `c_name` is NUL-terminated; the UMEM is live and has no socket yet; the rx/tx
+        // ring structs are heap-allocated at fixed addresses owned by the Socket built below,
+        // which is dropped before the UMEM.
+        let rc = unsafe {
+            xdp::xsk_socket__create(
+                &mut xsk_ptr,
+                c_name.as_ptr(),
+                queue,
+                umem.umem.as_ptr(),
+                rx.ptr(),
+                tx.ptr(),
+                &socket_config,
+            )
+        };
+        if rc != 0 {
+            let source = sys::neg_errno(rc);
+            let hint = match (source.raw_os_error(), mode) {
+                (Some(libc::EBUSY), _) => {
+                    " (another AF_XDP socket is bound to this queue: is another fwd running?)"
+                }
+                (Some(libc::EOPNOTSUPP), BoundMode::ZeroCopy) => {
+                    " (the driver has no zero-copy AF_XDP support: use copy or auto)"
+                }
+                (Some(libc::EINVAL), _) => {
+                    " (queue out of range for the driver, or frame size not supported)"
+                }
+                _ => "",
+            };
+            return Err(PortError::Bind { ifname: ifname.to_string(), queue, mode, source, hint });
+        }
+        let Some(xsk) = NonNull::new(xsk_ptr) else {
+            return Err(PortError::Bind {
+                ifname: ifname.to_string(),
+                queue,
+                mode,
+                source: io::Error::from(io::ErrorKind::Other),
+                hint: "",
+            });
+        };
+        let socket = Socket { xsk, rx, tx };
+        // SAFETY: the socket is live; libxdp only reads its fd.
+        let fd = unsafe { xdp::xsk_socket__fd(socket.xsk.as_ptr()) };
+
+        let mut port = Port {
+            socket,
+            umem,
+            fd,
+            ifname: ifname.to_string(),
+            queue,
+            bound: mode,
+            need_wakeup: config.need_wakeup,
+            frame_size: u64::from(config.frame_size),
+            frame_count: config.frame_count,
+            held: HeldFrames::new(config.frame_count),
+            tx_in_flight: 0,
+            tx_budget: None,
+            stats: PortStats::default(),
+        };
+        if mode == BoundMode::Copy {
+            port.tx_budget = port.raise_tx_budget(config.frame_count);
+        }
+        port.fill_all()?;
+        Ok(port)
+    }
+
+    /// Lets one `sendto()` send up to `budget` frames in copy mode instead of 32. Kernels
+    /// without the option keep 32.
+    fn raise_tx_budget(&self, budget: u32) -> Option<u32> {
+        // SAFETY: setsockopt reads a u32 from `budget`, which lives across the call.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd,
+                SOL_XDP,
+                XDP_MAX_TX_SKB_BUDGET,
+                (&budget as *const u32).cast(),
+                std::mem::size_of::<u32>() as libc::socklen_t,
+            )
+        };
+        (rc == 0).then_some(budget)
+    }
+
+    fn fill_all(&mut self) -> Result<(), PortError> {
+        let fill = self.umem.fill.ptr();
+        let mut idx = 0u32;
+        // SAFETY: the fill ring was set up by xsk_umem__create; `idx` lives across the call.
+        let placed = unsafe { xdp::xsk_ring_prod__reserve(fill, self.frame_count, &mut idx) };
+        for i in 0..placed {
+            // SAFETY: slots idx..idx+placed were just reserved.
+            unsafe { *fill_slot(fill, idx.wrapping_add(i)) = u64::from(i) * self.frame_size };
+        }
+        // SAFETY: exactly the reserved slots were written.
+        unsafe { xdp::xsk_ring_prod__submit(fill, placed) };
+        if placed != self.frame_count {
+            return Err(PortError::FillRing { placed, frame_count: self.frame_count });
+        }
+        Ok(())
+    }
+
+    pub fn ifname(&self) -> &str {
+        &self.ifname
+    }
+
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    pub fn bound_mode(&self) -> BoundMode {
+        self.bound
+    }
+
+    /// Frames one copy-mode `sendto()` may send, if the kernel let us raise it from 32.
+    pub fn tx_budget(&self) -> Option<u32> {
+        self.tx_budget
+    }
+
+    /// The socket, for the XDP program's `xsks` map.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to the socket, which lives as long as `self`.
+        unsafe { BorrowedFd::borrow_raw(self.fd) }
+    }
+
+    pub fn stats(&self) -> PortStats {
+        self.stats
+    }
+
+    /// The kernel's counters for this socket.
+    pub fn kernel_stats(&self) -> io::Result<KernelStats> {
+        // SAFETY: xdp_statistics is plain old data; all-zero is a valid value.
+        let mut s: xdp::xdp_statistics = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<xdp::xdp_statistics>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `s`, which lives across the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd,
+                SOL_XDP,
+                xdp::XDP_STATISTICS as c_int,
+                (&mut s as *mut xdp::xdp_statistics).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(KernelStats {
+            rx_dropped: s.rx_dropped,
+            rx_invalid_descs: s.rx_invalid_descs,
+            tx_invalid_descs: s.tx_invalid_descs,
+            rx_ring_full: s.rx_ring_full,
+            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
+            tx_ring_empty_descs: s.tx_ring_empty_descs,
+        })
+    }
+
+    /// Moves completed transmissions from the completion ring back to the fill ring.
+    #[inline]
+    fn reclaim_completions(&mut self) {
+        if self.tx_in_flight == 0 {
+            return;
+        }
+        let comp = self.umem.comp.ptr();
+        let fill = self.umem.fill.ptr();
+        let mut comp_idx = 0u32;
+        // SAFETY: the completion ring is live and only this port consumes it.
+        let done = unsafe { xdp::xsk_ring_cons__peek(comp, self.frame_count, &mut comp_idx) };
+        if done == 0 {
+            return;
+        }
+        let mut fill_idx = 0u32;
+        // SAFETY: the fill ring is live and only this port produces on it.
+        let placed = unsafe { xdp::xsk_ring_prod__reserve(fill, done, &mut fill_idx) };
+        let chunk_mask = !(self.frame_size - 1);
+        for i in 0..placed {
+            // SAFETY: completion slots comp_idx..+done were peeked and fill slots fill_idx..+placed
+            // reserved (placed <= done).
+            unsafe {
+                let addr = *comp_slot(comp, comp_idx.wrapping_add(i));
+                *fill_slot(fill, fill_idx.wrapping_add(i)) = addr & chunk_mask;
+            }
+        }
+        // SAFETY: exactly `placed` fill slots were written and `placed` completion entries read;
+        // any others stay on the completion ring for the next call.
+        unsafe {
+            xdp::xsk_ring_prod__submit(fill, placed);
+            xdp::xsk_ring_cons__release(comp, placed);
+        }
+        self.tx_in_flight = self.tx_in_flight.saturating_sub(placed);
+    }
+
+    /// Asks the kernel to transmit what is on the TX ring (copy mode always needs this; with
+    /// need_wakeup the kernel says when).
+    #[inline]
+    fn kick_tx(&mut self) {
+        let tx = self.socket.tx.ptr();
+        // SAFETY: the TX ring is live; this reads its flags word.
+        if self.need_wakeup && unsafe { xdp::xsk_ring_prod__needs_wakeup(tx) } == 0 {
+            return;
+        }
+        self.stats.tx_kicks += 1;
+        // SAFETY: a zero-length non-blocking sendto on our own socket, no buffers.
+        let rc =
+            unsafe { libc::sendto(self.fd, std::ptr::null(), 0, libc::MSG_DONTWAIT, std::ptr::null(), 0) };
+        if rc < 0 {
+            // EAGAIN/EBUSY/ENOBUFS: the kernel is still busy with earlier frames; they stay on the
+            // ring and the next kick sends them. Read errno without allocating.
+            let errno = io::Error::last_os_error().raw_os_error();
+            if !matches!(errno, Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS)) {
+                self.stats.tx_kick_errors += 1;
+            }
+        }
+    }
+
+    /// Nothing was received: give the kernel the kicks it may be waiting for.
+    #[cold]
+    fn idle(&mut self) {
+        if self.tx_in_flight > 0 {
+            self.kick_tx();
+        }
+        let fill = self.umem.fill.ptr();
+        // SAFETY: the fill ring is live; this reads its flags word.
+        if self.need_wakeup && unsafe { xdp::xsk_ring_prod__needs_wakeup(fill) } != 0 {
+            self.stats.fill_kicks += 1;
+            // SAFETY: a zero-length non-blocking recvfrom on our own socket, no buffers.
+            unsafe {
+                libc::recvfrom(
+                    self.fd,
+                    std::ptr::null_mut(),
+                    0,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            };
+        }
+    }
+
+    /// Takes up to `max` descriptors off the RX ring into `held`, claiming their frames.
+    #[inline]
+    fn receive(&mut self, max: u32, held: &mut ArrayVec<Held, MAX_BATCH>) -> u32 {
+        let rx = self.socket.rx.ptr();
+        let mut idx = 0u32;
+        // SAFETY: the RX ring is live and only this port consumes it.
+        let received = unsafe { xdp::xsk_ring_cons__peek(rx, max, &mut idx) };
+        let umem_len = self.umem.area.len as u64;
+        let offset_mask = self.frame_size - 1;
+        for i in 0..received {
+            // SAFETY: slots idx..idx+received were peeked; xdp_desc is plain old data.
+            let desc = unsafe { *rx_slot(rx, idx.wrapping_add(i)) };
+            let chunk = desc.addr & !offset_mask;
+            let start = desc.addr & offset_mask;
+            let fits = chunk + self.frame_size <= umem_len && start + u64::from(desc.len) <= self.frame_size;
+            // chunk < umem_len <= frame_count * frame_size, so the frame index fits a usize.
+            let frame = (chunk / self.frame_size) as usize;
+            if fits && self.held.claim(frame) {
+                // received <= max <= MAX_BATCH, so there is always room.
+                let _ = held.try_push(Held { chunk, start: start as u32, len: desc.len });
+            } else {
+                self.stats.bad_rx_descs += 1;
+            }
+        }
+        // SAFETY: the descriptors were copied out; the frames stay ours until recycled or sent.
+        unsafe { xdp::xsk_ring_cons__release(rx, received) };
+        self.stats.rx_frames += u64::from(received);
+        received
+    }
+
+    /// Puts the `Tx` frames on the TX ring and every other frame back on the fill ring.
+    #[inline]
+    fn complete(&mut self, held: &[Held], verdicts: &[Verdict]) {
+        let mut send: ArrayVec<Held, MAX_BATCH> = ArrayVec::new();
+        let mut recycle: ArrayVec<u64, MAX_BATCH> = ArrayVec::new();
+        for (h, v) in held.iter().zip(verdicts) {
+            match v {
+                Verdict::Tx if h.len > 0 => {
+                    let _ = send.try_push(*h);
+                }
+                Verdict::Tx => {
+                    self.stats.tx_empty += 1;
+                    let _ = recycle.try_push(h.chunk);
+                }
+                Verdict::Pass => {
+                    self.stats.pass_recycled += 1;
+                    let _ = recycle.try_push(h.chunk);
+                }
+                Verdict::Drop(_) => {
+                    self.stats.drop_recycled += 1;
+                    let _ = recycle.try_push(h.chunk);
+                }
+            }
+        }
+
+        if !send.is_empty() {
+            let tx = self.socket.tx.ptr();
+            let mut idx = 0u32;
+            // SAFETY: the TX ring is live and only this port produces on it.
+            let reserved = unsafe { xdp::xsk_ring_prod__reserve(tx, send.len() as u32, &mut idx) };
+            for (i, h) in send.iter().enumerate() {
+                if i as u32 >= reserved {
+                    self.stats.tx_ring_full += 1;
+                    let _ = recycle.try_push(h.chunk);
+                    continue;
+                }
+                // SAFETY: slot idx+i is among the `reserved` ones.
+                unsafe {
+                    let slot = tx_slot(tx, idx.wrapping_add(i as u32));
+                    (*slot).addr = h.chunk + u64::from(h.start);
+                    (*slot).len = h.len;
+                    (*slot).options = 0;
+                }
+                self.held.release((h.chunk / self.frame_size) as usize);
+            }
+            // SAFETY: exactly the reserved slots were written.
+            unsafe { xdp::xsk_ring_prod__submit(tx, reserved) };
+            self.tx_in_flight += reserved;
+            self.stats.tx_frames += u64::from(reserved);
+            self.kick_tx();
+        }
+
+        if !recycle.is_empty() {
+            let fill = self.umem.fill.ptr();
+            let mut idx = 0u32;
+            // SAFETY: the fill ring is live and only this port produces on it.
+            let placed = unsafe { xdp::xsk_ring_prod__reserve(fill, recycle.len() as u32, &mut idx) };
+            for (i, &chunk) in recycle.iter().enumerate() {
+                if i as u32 >= placed {
+                    // Cannot happen (the fill ring holds the whole UMEM); the frame stays held.
+                    self.stats.lost_frames += 1;
+                    continue;
+                }
+                // SAFETY: slot idx+i is among the `placed` ones.
+                unsafe { *fill_slot(fill, idx.wrapping_add(i as u32)) = chunk };
+                self.held.release((chunk / self.frame_size) as usize);
+            }
+            // SAFETY: exactly the reserved slots were written.
+            unsafe { xdp::xsk_ring_prod__submit(fill, placed) };
+        }
+    }
+}
+
+impl PacketIo for Port {
+    fn poll(&mut self, max: usize, process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict])) -> usize {
+        self.reclaim_completions();
+        let max = max.min(MAX_BATCH) as u32;
+        let mut held: ArrayVec<Held, MAX_BATCH> = ArrayVec::new();
+        let received = self.receive(max, &mut held);
+        if received == 0 {
+            self.idle();
+            return 0;
+        }
+
+        let mut verdicts = [Verdict::Drop(DropReason::Malformed); MAX_BATCH];
+        if !held.is_empty() {
+            let base = self.umem.area.base.as_ptr();
+            let frame_size = self.frame_size as usize;
+            let mut batch: Batch<'_> = ArrayVec::new();
+            for h in &held {
+                // SAFETY: `h.chunk + frame_size <= area.len` was checked in `receive`, so the
+                // slice lies inside our live mapping. The slices are pairwise disjoint: each is a
+                // whole chunk, and `receive` admitted a chunk only after flipping its bit in
+                // `held` from free to held, so no chunk appears twice; the bits are cleared only
+                // in `complete`, after `batch` (and every slice in it) is gone. The kernel does
+                // not touch these chunks: they came off the RX ring and are on neither the fill
+                // nor the TX ring until `complete` puts them there. The slices cannot outlive
+                // this call: `batch` is local and `process` is generic over its lifetime.
+                let chunk = unsafe { std::slice::from_raw_parts_mut(base.add(h.chunk as usize), frame_size) };
+                if let Some(frame) = Frame::new(chunk, h.start as usize, h.len as usize) {
+                    let _ = batch.try_push(frame);
+                }
+            }
+            let n = batch.len();
+            process(&mut batch, &mut verdicts[..n]);
+            // Carry the (possibly moved) start and length of every frame back to its chunk.
+            for (h, frame) in held.iter_mut().zip(batch.iter()) {
+                h.start = frame.start() as u32;
+                h.len = frame.len() as u32;
+            }
+            drop(batch);
+        }
+        self.complete(&held, &verdicts[..held.len()]);
+        received as usize
+    }
+}
+
+/// Slot `idx` of a fill ring (libxdp's xsk_ring_prod__fill_addr, inlined).
+///
+/// # Safety
+/// `ring` must be a live, set-up fill ring and `idx` a slot this side reserved.
+#[inline]
+unsafe fn fill_slot(ring: *mut xdp::xsk_ring_prod, idx: u32) -> *mut u64 {
+    // SAFETY: per the contract the ring is set up: `ring.ring` points at `mask + 1` u64 slots.
+    unsafe { (*ring).ring.cast::<u64>().add((idx & (*ring).mask) as usize) }
+}
+
+/// Slot `idx` of a completion ring (xsk_ring_cons__comp_addr).
+///
+/// # Safety
+/// `ring` must be a live, set-up completion ring and `idx` a slot this side peeked.
+#[inline]
+unsafe fn comp_slot(ring: *mut xdp::xsk_ring_cons, idx: u32) -> *const u64 {
+    // SAFETY: as for `fill_slot`.
+    unsafe { (*ring).ring.cast::<u64>().add((idx & (*ring).mask) as usize) }
+}
+
+/// Slot `idx` of an RX ring (xsk_ring_cons__rx_desc).
+///
+/// # Safety
+/// `ring` must be a live, set-up RX ring and `idx` a slot this side peeked.
+#[inline]
+unsafe fn rx_slot(ring: *mut xdp::xsk_ring_cons, idx: u32) -> *const xdp::xdp_desc {
+    // SAFETY: the RX ring holds `mask + 1` xdp_desc entries.
+    unsafe { (*ring).ring.cast::<xdp::xdp_desc>().add((idx & (*ring).mask) as usize) }
+}
+
+/// Slot `idx` of a TX ring (xsk_ring_prod__tx_desc).
+///
+/// # Safety
+/// `ring` must be a live, set-up TX ring and `idx` a slot this side reserved.
+#[inline]
+unsafe fn tx_slot(ring: *mut xdp::xsk_ring_prod, idx: u32) -> *mut xdp::xdp_desc {
+    // SAFETY: the TX ring holds `mask + 1` xdp_desc entries.
+    unsafe { (*ring).ring.cast::<xdp::xdp_desc>().add((idx & (*ring).mask) as usize) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testnet::{self, NetnsPair, A_V4, A_V6, IFACE, VIP_V4, VIP_V6};
+    use crate::{AttachMode, XdpProgram};
+    use std::net::{IpAddr, UdpSocket};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::{Duration, Instant};
+
+    const ECHO_PORT: u16 = 9000;
+    const DATAGRAMS: u32 = 40;
+    /// How far the bounce moves every other frame's start into the headroom before sending it.
+    const SHIFT: usize = 64;
+
+    /// Turns a UDP datagram around in place: swaps MACs, IP addresses and ports. Both checksums
+    /// stay valid (they are sums, and swapping the terms does not change a sum).
+    fn reflect_udp(frame: &mut [u8]) -> bool {
+        if frame.len() < 14 {
+            return false;
+        }
+        let (dst, rest) = frame.split_at_mut(6);
+        dst.swap_with_slice(&mut rest[..6]);
+        let ether_type = u16::from_be_bytes([frame[12], frame[13]]);
+        let (addresses, udp) = match ether_type {
+            0x0800 if frame.len() >= 14 + 20 => {
+                let ihl = usize::from(frame[14] & 0x0f) * 4;
+                (14 + 12..14 + 20, 14 + ihl)
+            }
+            0x86dd if frame.len() >= 14 + 40 && frame[14 + 6] == 17 => (14 + 8..14 + 40, 14 + 40),
+            _ => return false,
+        };
+        if frame.len() < udp + 8 {
+            return false;
+        }
+        let half = (addresses.end - addresses.start) / 2;
+        let (src_ip, dst_ip) = frame[addresses].split_at_mut(half);
+        src_ip.swap_with_slice(dst_ip);
+        let (src_port, dst_port) = frame[udp..udp + 4].split_at_mut(2);
+        src_port.swap_with_slice(dst_port);
+        true
+    }
+
+    /// Sends `DATAGRAMS` numbered datagrams to `vip`, one at a time, and counts the echoes that
+    /// come back intact. A warm-up datagram first, retried, carries the wait for ARP/ND.
+    fn echo_count(vip: &str) -> u32 {
+        let vip: IpAddr = vip.parse().unwrap();
+        let local = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
+        let socket = UdpSocket::bind(local).unwrap();
+        socket.connect((vip, ECHO_PORT)).unwrap();
+        socket.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
+        let mut reply = [0u8; 64];
+        let mut exchange = |payload: &[u8]| {
+            socket.send(payload).unwrap();
+            matches!(socket.recv(&mut reply), Ok(n) if &reply[..n] == payload)
+        };
+        assert!((0..5).any(|_| exchange(b"warm-up")), "no echo from {vip} at all");
+        (0..DATAGRAMS).filter(|i| exchange(format!("fwd-bounce-{i}").as_bytes())).count() as u32
+    }
+
+    /// Sets the flag when dropped, also while unwinding: stops the bounce thread if the test fails.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+
+    #[derive(Debug, Default)]
+    struct BounceRun {
+        stats: PortStats,
+        bound: Option<BoundMode>,
+        counters: crate::XdpCounters,
+        min_headroom: usize,
+        max_headroom: usize,
+        shifted: u64,
+    }
+
+    /// In namespace `ns`: attaches the program, opens a port on queue 0, and bounces UDP to the
+    /// VIPs until `stop` (or a minute, whichever is first). Every other frame is moved `SHIFT`
+    /// bytes into its headroom before it is sent, as an encapsulation would.
+    fn bounce(ns: &str, ready: mpsc::Sender<()>, stop: &AtomicBool) -> BounceRun {
+        testnet::enter(ns);
+        let mut program = XdpProgram::load().unwrap();
+        program.attach(IFACE, AttachMode::Auto).unwrap();
+        let config = PortConfig { frame_count: 256, ..PortConfig::default() };
+        let mut port = Port::open(IFACE, 0, &config).unwrap();
+        program.register_port(&port).unwrap();
+        program.sync_vips(&[VIP_V4.parse().unwrap(), VIP_V6.parse().unwrap()]).unwrap();
+        ready.send(()).unwrap();
+
+        let mut run = BounceRun { min_headroom: usize::MAX, ..BounceRun::default() };
+        let mut seen = 0u64;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+            let received = port.poll(MAX_BATCH, &mut |batch, verdicts| {
+                for (frame, verdict) in batch.iter_mut().zip(verdicts.iter_mut()) {
+                    run.min_headroom = run.min_headroom.min(frame.headroom());
+                    run.max_headroom = run.max_headroom.max(frame.headroom());
+                    if !reflect_udp(frame.data_mut()) {
+                        continue; // stays Drop(Malformed)
+                    }
+                    seen += 1;
+                    if seen.is_multiple_of(2) {
+                        let len = frame.len();
+                        let whole = frame.push_front(SHIFT).unwrap();
+                        whole.copy_within(SHIFT..SHIFT + len, 0);
+                        // Wipe what is left of the old copy: only the moved one may be sent.
+                        whole[len..].fill(0);
+                        frame.truncate(len);
+                        run.shifted += 1;
+                    }
+                    *verdict = Verdict::Tx;
+                }
+            });
+            if received == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        run.stats = port.stats();
+        run.bound = Some(port.bound_mode());
+        run.counters = program.counters().unwrap();
+        drop(port);
+        drop(program);
+        run
+    }
+
+    #[test]
+    fn bounces_vip_udp_while_the_kernel_keeps_arp_nd_and_ping() {
+        let net = NetnsPair::new();
+        let stop = AtomicBool::new(false);
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (answered_v4, answered_v6, run) = std::thread::scope(|scope| {
+            let _stop_on_failure = StopOnDrop(&stop);
+            let fwd = scope.spawn(|| bounce(&net.a, ready_tx, &stop));
+            ready_rx.recv_timeout(Duration::from_secs(30)).expect("the bounce side did not start");
+
+            let (v4, v6) = NetnsPair::run_in(&net.b, || (echo_count(VIP_V4), echo_count(VIP_V6)));
+            // The kernel still owns everything that is not a VIP: ARP and ND resolve (the cache
+            // is flushed first) and the box's own addresses answer pings.
+            testnet::run("ip", &["-n", &net.b, "neigh", "flush", "dev", IFACE]);
+            for (family, address) in [("-4", A_V4), ("-6", A_V6)] {
+                testnet::run(
+                    "ip",
+                    &["netns", "exec", &net.b, "ping", family, "-c", "2", "-i", "0.2", "-W", "2", address],
+                );
+            }
+            stop.store(true, Ordering::Relaxed);
+            (v4, v6, fwd.join().expect("bounce thread"))
+        });
+
+        assert_eq!((answered_v4, answered_v6), (DATAGRAMS, DATAGRAMS), "{run:?}");
+        assert_eq!(run.bound, Some(BoundMode::Copy), "veth has no zero-copy: auto falls back to copy");
+        assert_eq!((run.min_headroom, run.max_headroom), (HEADROOM, HEADROOM), "{run:?}");
+        assert!(run.shifted >= u64::from(DATAGRAMS), "{run:?}");
+        let s = run.stats;
+        assert!(s.rx_frames >= u64::from(2 * DATAGRAMS), "{s:?}");
+        assert_eq!(s.tx_frames + s.drop_recycled, s.rx_frames, "{s:?}");
+        assert_eq!((s.bad_rx_descs, s.lost_frames, s.tx_ring_full, s.tx_kick_errors), (0, 0, 0, 0), "{s:?}");
+        let c = run.counters;
+        assert_eq!(c.redirected, s.rx_frames, "{c:?} {s:?}");
+        assert!(c.passed > 0, "ARP, ND and ping went to the kernel: {c:?}");
+        assert_eq!(c.vip_without_socket, 0, "{c:?}");
+
+        let link = NetnsPair::link_json(&net.a);
+        assert!(
+            link.get("xdp").is_none(),
+            "no XDP program left after the port and program are dropped: {link}"
+        );
+    }
+
+    #[test]
+    fn open_explains_what_is_wrong() {
+        testnet::require_root();
+        let missing = Port::open("fwdt-nosuch0", 0, &PortConfig::default()).unwrap_err();
+        assert!(matches!(&missing, PortError::NoSuchInterface { ifname } if ifname == "fwdt-nosuch0"));
+
+        let bad_size = PortConfig { frame_size: 3000, ..PortConfig::default() };
+        assert_eq!(
+            Port::open("lo", 0, &bad_size).unwrap_err().to_string(),
+            "frame_size 3000 is not allowed: use 2048 or 4096"
+        );
+        let bad_count = PortConfig { frame_count: 1000, ..PortConfig::default() };
+        assert!(matches!(Port::open("lo", 0, &bad_count), Err(PortError::FrameCount { frame_count: 1000 })));
+
+        let net = NetnsPair::new();
+        let no_queue =
+            NetnsPair::run_in(&net.a, || Port::open(IFACE, 3, &PortConfig::default()).unwrap_err());
+        assert!(matches!(no_queue, PortError::NoSuchQueue { queue: 3, queues: 1, .. }), "{no_queue:?}");
+        assert!(no_queue.to_string().contains("`ethtool -L veth0 rx 4 tx 4`"), "{no_queue}");
+
+        let zero_copy = PortConfig { bind_mode: BindMode::ZeroCopy, ..PortConfig::default() };
+        let refused = NetnsPair::run_in(&net.a, || Port::open(IFACE, 0, &zero_copy).unwrap_err());
+        assert!(matches!(refused, PortError::Bind { mode: BoundMode::ZeroCopy, .. }), "{refused:?}");
+    }
+
+    #[test]
+    fn second_socket_on_a_queue_is_refused_with_a_hint() {
+        let net = NetnsPair::new();
+        NetnsPair::run_in(&net.a, || {
+            let config = PortConfig { frame_count: 256, bind_mode: BindMode::Copy, ..PortConfig::default() };
+            let _first = Port::open(IFACE, 0, &config).unwrap();
+            let second = Port::open(IFACE, 0, &config).unwrap_err();
+            assert!(second.to_string().contains("another AF_XDP socket is bound"), "{second}");
+        });
+    }
+}

@@ -10,4 +10,5 @@ pub mod flow;
 pub mod frame;
 pub mod hash;
 pub mod maglev;
+pub mod parse;
 pub mod snapshot;

@@ -2,6 +2,7 @@
 //! accepts must only point inside itself. Seeds: `corpus/parse_frame/`, written by the parse
 //! module's tests.
 #![no_main]
+#![forbid(unsafe_code)]
 
 use libfuzzer_sys::fuzz_target;
 

@@ -11,4 +11,5 @@ pub mod frame;
 pub mod hash;
 pub mod io;
 pub mod maglev;
+pub mod parse;
 pub mod snapshot;

@@ -6,14 +6,20 @@
 //! XXH3 `flow_hash` for the table (the pipeline computes it anyway for Maglev; the `flow_hash`
 //! row gives its share), SipHash inside the HashMap. Keys are visited in a random order.
 //!
+//! Times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), not wall time: the build
+//! machines are shared, and a thread that waits for a core would otherwise be charged for other
+//! people's work (cache pollution by others still shows).
+//!
 //! Run: `cargo bench --bench conntrack -- --measurement-time 3 --warm-up-time 1`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fwd_dataplane::conntrack::{ConnTable, ConnValue, Timeouts};
 use fwd_dataplane::flow::FlowKey;
 use fwd_dataplane::hash::flow_hash;
+use rustix::time::{clock_gettime, ClockId};
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::time::Duration;
 
 const BATCH: usize = 32;
 
@@ -60,6 +66,17 @@ fn make_keys(first: usize, count: usize, rng: &mut SplitMix) -> Vec<FlowKey> {
         .collect();
     rng.shuffle(&mut keys);
     keys
+}
+
+/// Runs `routine` `iters` times and returns the CPU time this thread spent doing it.
+fn cpu_time(iters: u64, mut routine: impl FnMut()) -> Duration {
+    let start = clock_gettime(ClockId::ThreadCPUTime);
+    for _ in 0..iters {
+        routine();
+    }
+    let end = clock_gettime(ClockId::ThreadCPUTime);
+    let ns = (end.tv_sec - start.tv_sec) * 1_000_000_000 + (end.tv_nsec - start.tv_nsec);
+    Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
 }
 
 fn value_of(i: usize) -> ConnValue {
@@ -109,90 +126,114 @@ fn lookup_hits(c: &mut Criterion, entries: usize) {
 
     let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
     group.bench_function("flow_hash only", |b| {
-        b.iter(|| {
-            for k in &hit_keys[cursor.next_batch()] {
-                black_box(flow_hash(black_box(k)));
-            }
+        b.iter_custom(|iters| {
+            cpu_time(iters, || {
+                for k in &hit_keys[cursor.next_batch()] {
+                    black_box(flow_hash(black_box(k)));
+                }
+            })
         })
     });
 
     let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
     group.bench_function("ConnTable", |b| {
-        b.iter(|| {
-            for k in &hit_keys[cursor.next_batch()] {
-                black_box(table.lookup(k, flow_hash(k), now, Some(0x10)));
-            }
+        b.iter_custom(|iters| {
+            cpu_time(iters, || {
+                for k in &hit_keys[cursor.next_batch()] {
+                    black_box(table.lookup(k, flow_hash(k), now, Some(0x10)));
+                }
+            })
         })
     });
 
     let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
     group.bench_function("ConnTable prefetch", |b| {
-        b.iter(|| {
-            let batch = &hit_keys[cursor.next_batch()];
-            let mut hashes = [0u64; BATCH];
-            for (h, k) in hashes.iter_mut().zip(batch) {
-                *h = flow_hash(k);
-                table.prefetch(*h);
-            }
-            for (h, k) in hashes.iter().zip(batch) {
-                black_box(table.lookup(k, *h, now, Some(0x10)));
-            }
+        b.iter_custom(|iters| {
+            cpu_time(iters, || {
+                let batch = &hit_keys[cursor.next_batch()];
+                let mut hashes = [0u64; BATCH];
+                for (h, k) in hashes.iter_mut().zip(batch) {
+                    *h = flow_hash(k);
+                    table.prefetch(*h);
+                }
+                for (h, k) in hashes.iter().zip(batch) {
+                    black_box(table.lookup(k, *h, now, Some(0x10)));
+                }
+            })
         })
     });
 
     let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
     group.bench_function("std HashMap", |b| {
-        b.iter(|| {
-            for k in &hit_keys[cursor.next_batch()] {
-                black_box(map.get(k));
-            }
+        b.iter_custom(|iters| {
+            cpu_time(iters, || {
+                for k in &hit_keys[cursor.next_batch()] {
+                    black_box(map.get(k));
+                }
+            })
         })
     });
     group.finish();
 }
 
+/// A table for `entries` with every bucket full (twice its capacity inserted at time 0).
+fn full_table(entries: usize, timeouts: Timeouts, keys: &[FlowKey]) -> ConnTable {
+    let mut table = ConnTable::new(entries, timeouts);
+    for (i, k) in keys.iter().enumerate().take(2 * table.capacity()) {
+        table.insert(k, flow_hash(k), value_of(i), 0, None);
+    }
+    table
+}
+
 /// Inserts of new flows into a table whose buckets are all full, so every insert evicts: the
-/// least recently used entry when all are live, an expired one when time has moved past the
-/// timeouts. The HashMap peer keeps its size by removing the key inserted `entries` inserts ago.
+/// least recently used entry when all are live, an expired one when every entry inserted before
+/// the current batch has expired. The HashMap peer keeps its size by removing the key inserted
+/// `entries` inserts before.
 fn insert_full(c: &mut Criterion, entries: usize) {
     let mut rng = SplitMix(!(entries as u64));
-    let mut table = ConnTable::new(entries, TIMEOUTS);
-    let capacity = table.capacity();
-    // Four times the capacity: a key comes back only after it was long evicted.
+    let capacity = ConnTable::new(entries, TIMEOUTS).capacity();
+    // Four times the capacity: a key comes back only long after it was evicted.
     let keys = make_keys(0, 4 * capacity, &mut rng);
-    let hashes: Vec<u64> = keys.iter().map(flow_hash).collect();
-    for (i, (k, h)) in keys.iter().zip(&hashes).enumerate().take(2 * capacity) {
-        table.insert(k, *h, value_of(i), 0, None);
-    }
-    eprintln!("conntrack {entries}: {} live entries after filling", table.count_live(0));
 
     let mut group = c.benchmark_group(format!("insert_full/{entries}"));
     group.throughput(Throughput::Elements(BATCH as u64));
 
+    let mut table = full_table(entries, TIMEOUTS, &keys);
+    eprintln!("conntrack {entries}: {} live entries after filling", table.count_live(0));
     let mut cursor = Cursor { pos: 0, len: keys.len() };
     let mut now = 1u64;
     group.bench_function("ConnTable evict LRU", |b| {
-        b.iter(|| {
-            for i in cursor.next_batch() {
-                let k = &keys[i];
-                table.insert(k, flow_hash(k), value_of(i), now, None);
-            }
-            now += 1;
+        b.iter_custom(|iters| {
+            cpu_time(iters, || {
+                for i in cursor.next_batch() {
+                    let k = &keys[i];
+                    table.insert(k, flow_hash(k), value_of(i), now, None);
+                }
+                now += 1;
+            })
         })
     });
+    let lru = table.stats();
+    drop(table);
 
+    // Timeouts of 1 ms and 2 ms per batch: everything inserted before the batch has expired.
+    let short = Timeouts { tcp_established_ms: 1, tcp_closing_ms: 1, udp_ms: 1 };
+    let mut table = full_table(entries, short, &keys);
     let mut cursor = Cursor { pos: 0, len: keys.len() };
-    // Far past every timeout; then 1 ms per batch, so entries inserted here stay live.
-    let mut now = u64::from(TIMEOUTS.tcp_established_ms) * 100;
+    let mut now = 2u64;
     group.bench_function("ConnTable evict expired", |b| {
-        b.iter(|| {
-            for i in cursor.next_batch() {
-                let k = &keys[i];
-                table.insert(k, flow_hash(k), value_of(i), now, None);
-            }
-            now += 1;
+        b.iter_custom(|iters| {
+            cpu_time(iters, || {
+                for i in cursor.next_batch() {
+                    let k = &keys[i];
+                    table.insert(k, flow_hash(k), value_of(i), now, None);
+                }
+                now += 2;
+            })
         })
     });
+    eprintln!("conntrack {entries}: LRU run {lru:?}; expired run {:?}", table.stats());
+    drop(table);
 
     let mut map: HashMap<FlowKey, ConnValue> = HashMap::with_capacity(entries);
     for (i, k) in keys.iter().enumerate().take(entries) {
@@ -201,13 +242,15 @@ fn insert_full(c: &mut Criterion, entries: usize) {
     // The map holds the `entries` keys before `next` (modulo the key count).
     let mut next = entries;
     group.bench_function("std HashMap insert+remove", |b| {
-        b.iter(|| {
-            for _ in 0..BATCH {
-                let new = next % keys.len();
-                map.insert(keys[new], value_of(new));
-                map.remove(&keys[(next - entries) % keys.len()]);
-                next += 1;
-            }
+        b.iter_custom(|iters| {
+            cpu_time(iters, || {
+                for _ in 0..BATCH {
+                    let new = next % keys.len();
+                    map.insert(keys[new], value_of(new));
+                    map.remove(&keys[(next - entries) % keys.len()]);
+                    next += 1;
+                }
+            })
         })
     });
     group.finish();

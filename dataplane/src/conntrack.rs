@@ -208,7 +208,13 @@ impl ConnTable {
     /// closing entry (a new connection reusing the ports) removes it and returns `None`. Expired
     /// entries found here are removed and miss.
     #[inline]
-    pub fn lookup(&mut self, key: &FlowKey, hash: u64, now_ms: u64, tcp_flags: Option<u8>) -> Option<ConnValue> {
+    pub fn lookup(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        now_ms: u64,
+        tcp_flags: Option<u8>,
+    ) -> Option<ConnValue> {
         let now = now_ms as u32;
         let b = self.bucket_index(hash);
         let sig = signature(hash);
@@ -404,5 +410,529 @@ impl ConnTable {
     pub fn clear(&mut self) {
         self.headers.fill(BucketHeader::default());
         self.sweep_cursor = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::flow_hash;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+
+    const TIMEOUTS: Timeouts = Timeouts { tcp_established_ms: 10_000, tcp_closing_ms: 1_000, udp_ms: 3_000 };
+    const FIN_ACK: u8 = TCP_FIN | TCP_ACK;
+
+    fn tcp(port: u16) -> FlowKey {
+        FlowKey::v4([198, 18, 0, 1], [198, 19, 0, 1], 6, port, 80)
+    }
+
+    fn udp(port: u16) -> FlowKey {
+        FlowKey::v6(
+            "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            "fd00::53".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            17,
+            port,
+            53,
+        )
+    }
+
+    fn value(backend: u32) -> ConnValue {
+        ConnValue { backend, tag: 7 }
+    }
+
+    /// A hash that sends `key` to `bucket`, keeping the key's real signature bits.
+    fn hash_in_bucket(key: &FlowKey, bucket: u64) -> u64 {
+        (bucket << 32) | (flow_hash(key) & 0xffff_ffff)
+    }
+
+    fn table() -> ConnTable {
+        ConnTable::new(1024, TIMEOUTS)
+    }
+
+    #[test]
+    fn layout_is_compact() {
+        assert_eq!(std::mem::size_of::<BucketHeader>(), 64);
+        assert_eq!(std::mem::size_of::<Entry>(), 48);
+        assert_eq!(std::mem::size_of::<EntryBucket>(), 8 * 48);
+        assert_eq!(std::mem::align_of::<EntryBucket>(), 64);
+    }
+
+    #[test]
+    fn inserted_flow_hits_and_others_miss() {
+        let mut t = table();
+        let (a, b) = (tcp(40_000), tcp(40_001));
+        t.insert(&a, flow_hash(&a), value(3), 0, Some(TCP_SYN));
+        assert_eq!(t.lookup(&a, flow_hash(&a), 1, Some(TCP_ACK)), Some(value(3)));
+        assert_eq!(t.lookup(&b, flow_hash(&b), 1, Some(TCP_ACK)), None);
+        // Same hash (same bucket and signature), different key: the full key compare rejects it.
+        assert_eq!(t.lookup(&b, flow_hash(&a), 1, None), None);
+        assert_eq!(t.stats(), ConnStats { hits: 1, misses: 2, inserts: 1, ..ConnStats::default() });
+        assert_eq!(t.count_live(1), 1);
+    }
+
+    #[test]
+    fn tcp_established_entry_lives_for_the_established_timeout() {
+        let mut t = table();
+        let k = tcp(1);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(1), 0, Some(TCP_SYN));
+        // Longer than the closing and UDP timeouts, exactly the established one: still live.
+        assert_eq!(t.lookup(&k, h, 10_000, Some(TCP_ACK)), Some(value(1)));
+        assert_eq!(t.count_live(20_000), 1);
+        assert_eq!(t.count_live(20_001), 0);
+        assert_eq!(t.lookup(&k, h, 20_001, Some(TCP_ACK)), None);
+        // The expired entry was removed, not just hidden.
+        assert_eq!(t.lookup(&k, h, 20_001, Some(TCP_ACK)), None);
+        assert!(!t.remove(&k, h));
+    }
+
+    #[test]
+    fn fin_moves_entry_to_the_closing_timeout_and_keeps_its_backend_until_then() {
+        let mut t = table();
+        let k = tcp(2);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(5), 0, Some(TCP_SYN));
+        assert_eq!(t.lookup(&k, h, 100, Some(FIN_ACK)), Some(value(5)));
+        // Packets after the FIN (the last ACKs) still reach the same backend.
+        assert_eq!(t.lookup(&k, h, 1_100, Some(TCP_ACK)), Some(value(5)));
+        // A plain ACK does not bring the entry back to established.
+        assert_eq!(t.count_live(2_100), 1);
+        assert_eq!(t.lookup(&k, h, 2_101, Some(TCP_ACK)), None);
+    }
+
+    #[test]
+    fn rst_moves_entry_to_the_closing_timeout() {
+        let mut t = table();
+        let k = tcp(3);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(5), 0, Some(TCP_SYN));
+        assert_eq!(t.lookup(&k, h, 0, Some(TCP_RST)), Some(value(5)));
+        assert_eq!(t.lookup(&k, h, 1_001, Some(TCP_ACK)), None);
+    }
+
+    #[test]
+    fn insert_with_fin_starts_closing() {
+        let mut t = table();
+        let k = tcp(4);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(5), 0, Some(FIN_ACK));
+        assert_eq!(t.count_live(1_000), 1);
+        assert_eq!(t.count_live(1_001), 0);
+    }
+
+    #[test]
+    fn udp_and_other_protocols_use_the_udp_timeout_and_ignore_tcp_flags() {
+        let mut t = table();
+        let u = udp(5353);
+        let sctp = FlowKey { proto: 132, ..tcp(9) };
+        t.insert(&u, flow_hash(&u), value(1), 0, None);
+        // Flags on a non-TCP flow (a caller bug) change nothing.
+        t.insert(&sctp, flow_hash(&sctp), value(2), 0, Some(TCP_FIN));
+        assert_eq!(t.lookup(&u, flow_hash(&u), 2_000, Some(TCP_RST)), Some(value(1)));
+        assert_eq!(t.lookup(&sctp, flow_hash(&sctp), 2_000, Some(TCP_SYN)), Some(value(2)));
+        assert_eq!(t.count_live(5_000), 2);
+        assert_eq!(t.lookup(&u, flow_hash(&u), 5_001, None), None);
+        assert_eq!(t.lookup(&sctp, flow_hash(&sctp), 5_001, None), None);
+    }
+
+    #[test]
+    fn syn_after_close_resets_the_entry() {
+        let mut t = table();
+        let k = tcp(6);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(1), 0, Some(TCP_SYN));
+        // A retransmitted SYN on an established flow keeps it.
+        assert_eq!(t.lookup(&k, h, 5, Some(TCP_SYN)), Some(value(1)));
+        assert_eq!(t.lookup(&k, h, 10, Some(FIN_ACK)), Some(value(1)));
+        // A SYN-ACK is the server's side of a handshake, not a new connection.
+        assert_eq!(t.lookup(&k, h, 15, Some(TCP_SYN | TCP_ACK)), Some(value(1)));
+        assert_eq!(t.lookup(&k, h, 20, Some(TCP_SYN)), None);
+        assert_eq!(t.stats().reset_by_syn, 1);
+        assert_eq!(t.lookup(&k, h, 21, Some(TCP_ACK)), None);
+        assert_eq!(t.count_live(21), 0);
+    }
+
+    #[test]
+    fn eviction_prefers_an_expired_entry_then_the_least_recently_used() {
+        let mut t = table();
+        let bucket = 100;
+        let keys: Vec<FlowKey> = (0..10).map(tcp).collect();
+        let hash = |i: usize| hash_in_bucket(&keys[i], bucket);
+        for i in 0..8 {
+            let flags = if i == 4 { FIN_ACK } else { TCP_SYN };
+            t.insert(&keys[i], hash(i), value(i as u32), 10 * i as u64, Some(flags));
+        }
+        assert_eq!(t.count_live(70), 8);
+        // At 2000, key 4 (closing since 40) has expired; key 2, seen last at 20, is the oldest
+        // live one once the others are refreshed.
+        for i in [0, 1, 3, 5, 6, 7] {
+            assert_eq!(t.lookup(&keys[i], hash(i), 2_000 + i as u64, None), Some(value(i as u32)));
+        }
+        t.insert(&keys[8], hash(8), value(8), 2_100, Some(TCP_SYN));
+        assert_eq!((t.stats().evicted_expired, t.stats().evicted_lru), (1, 0));
+        assert_eq!(t.count_live(2_100), 8);
+        t.insert(&keys[9], hash(9), value(9), 2_200, Some(TCP_SYN));
+        assert_eq!((t.stats().evicted_expired, t.stats().evicted_lru), (1, 1));
+        assert_eq!(t.lookup(&keys[2], hash(2), 2_300, None), None, "LRU entry should be gone");
+        assert_eq!(t.lookup(&keys[4], hash(4), 2_300, None), None, "expired entry should be gone");
+        for i in [0, 1, 3, 5, 6, 7, 8, 9] {
+            assert_eq!(t.lookup(&keys[i], hash(i), 2_300, None), Some(value(i as u32)), "key {i}");
+        }
+    }
+
+    #[test]
+    fn a_full_bucket_does_not_disturb_its_neighbours() {
+        let mut t = table();
+        let keys: Vec<FlowKey> = (0..20).map(tcp).collect();
+        let neighbour = udp(1);
+        t.insert(&neighbour, hash_in_bucket(&neighbour, 6), value(99), 0, None);
+        for (i, k) in keys.iter().enumerate() {
+            t.insert(k, hash_in_bucket(k, 5), value(i as u32), i as u64, None);
+        }
+        assert_eq!(t.stats().evicted_lru, 12);
+        assert_eq!(t.lookup(&neighbour, hash_in_bucket(&neighbour, 6), 100, None), Some(value(99)));
+        // The 8 most recent survive.
+        for (i, k) in keys.iter().enumerate() {
+            let found = t.lookup(k, hash_in_bucket(k, 5), 100, None);
+            assert_eq!(found, (i >= 12).then(|| value(i as u32)), "key {i}");
+        }
+    }
+
+    #[test]
+    fn capacity_is_rounded_up_to_a_power_of_two_buckets() {
+        for (asked, got) in [
+            (0, 8),
+            (1, 8),
+            (8, 8),
+            (9, 16),
+            (100, 128),
+            (1_000, 1_024),
+            (10_000, 16_384),
+            (1_000_000, 1_048_576),
+        ] {
+            assert_eq!(ConnTable::new(asked, TIMEOUTS).capacity(), got, "capacity {asked}");
+        }
+        assert_eq!(bucket_count_for(usize::MAX), 1 << 32);
+    }
+
+    #[test]
+    fn insert_overwrites_an_existing_flow() {
+        let mut t = table();
+        let k = tcp(7);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(1), 0, Some(TCP_SYN));
+        t.insert(&k, h, value(2), 10, Some(TCP_ACK));
+        assert_eq!(t.count_live(10), 1);
+        assert_eq!(t.lookup(&k, h, 20, None), Some(value(2)));
+        assert_eq!(t.stats().inserts, 2);
+    }
+
+    #[test]
+    fn overwriting_a_closing_flow_keeps_it_closing_unless_it_is_a_new_syn() {
+        let mut t = table();
+        let (a, b) = (tcp(8), tcp(9));
+        for k in [&a, &b] {
+            t.insert(k, flow_hash(k), value(1), 0, Some(TCP_SYN));
+            assert_eq!(t.lookup(k, flow_hash(k), 10, Some(FIN_ACK)), Some(value(1)));
+        }
+        t.insert(&a, flow_hash(&a), value(2), 20, Some(TCP_ACK));
+        t.insert(&b, flow_hash(&b), value(2), 20, Some(TCP_SYN));
+        assert_eq!(t.count_live(1_020), 2);
+        assert_eq!(t.lookup(&a, flow_hash(&a), 1_021, None), None);
+        assert_eq!(t.lookup(&b, flow_hash(&b), 1_021, None), Some(value(2)));
+    }
+
+    #[test]
+    fn remove_deletes_only_that_flow() {
+        let mut t = table();
+        let (a, b) = (tcp(10), tcp(11));
+        t.insert(&a, hash_in_bucket(&a, 1), value(1), 0, None);
+        t.insert(&b, hash_in_bucket(&b, 1), value(2), 0, None);
+        assert!(t.remove(&a, hash_in_bucket(&a, 1)));
+        assert!(!t.remove(&a, hash_in_bucket(&a, 1)));
+        assert!(!t.remove(&udp(1), flow_hash(&udp(1))));
+        assert_eq!(t.lookup(&a, hash_in_bucket(&a, 1), 1, None), None);
+        assert_eq!(t.lookup(&b, hash_in_bucket(&b, 1), 1, None), Some(value(2)));
+    }
+
+    #[test]
+    fn clear_empties_the_table_and_keeps_the_stats() {
+        let mut t = table();
+        for port in 0..100 {
+            let k = tcp(port);
+            t.insert(&k, flow_hash(&k), value(1), 0, None);
+        }
+        assert_eq!(t.count_live(0), 100);
+        t.clear();
+        assert_eq!(t.count_live(0), 0);
+        assert_eq!(t.lookup(&tcp(5), flow_hash(&tcp(5)), 0, None), None);
+        assert_eq!(t.stats().inserts, 100);
+    }
+
+    #[test]
+    fn clock_wraps_around_u32_milliseconds() {
+        let mut t = table();
+        let wrap = 1u64 << 32;
+        let (k, u) = (tcp(12), udp(12));
+        t.insert(&k, flow_hash(&k), value(1), wrap - 500, None);
+        t.insert(&u, flow_hash(&u), value(2), wrap - 100, None);
+        assert_eq!(t.lookup(&k, flow_hash(&k), wrap + 500, None), Some(value(1)));
+        assert_eq!(t.lookup(&u, flow_hash(&u), wrap + 2_900, None), Some(value(2)));
+        assert_eq!(t.lookup(&u, flow_hash(&u), wrap + 5_901, None), None);
+        assert_eq!(t.count_live(wrap + 10_500), 1);
+        assert_eq!(t.count_live(wrap + 10_501), 0);
+    }
+
+    #[test]
+    fn sweep_reclaims_expired_entries_before_their_age_can_wrap() {
+        // Two buckets: each insert sweeps the next one, so two inserts visit both.
+        let mut t = ConnTable::new(16, TIMEOUTS);
+        assert_eq!(t.capacity(), 16);
+        let (idle, b, c) = (udp(1), udp(2), udp(3));
+        t.insert(&idle, hash_in_bucket(&idle, 0), value(1), 0, None);
+        t.insert(&b, hash_in_bucket(&b, 1), value(2), 10_000, None);
+        t.insert(&c, hash_in_bucket(&c, 1), value(3), 10_000, None);
+        assert_eq!(t.stats().evicted_expired, 1);
+        // 2^32 + 5 ms later the truncated age would be 5 ms: the entry must be gone, not revived.
+        assert_eq!(t.lookup(&idle, hash_in_bucket(&idle, 0), (1 << 32) + 5, None), None);
+    }
+
+    #[test]
+    fn any_hash_value_is_safe() {
+        let mut t = ConnTable::new(1, TIMEOUTS);
+        let k = tcp(13);
+        for h in [0, 1, 3, u64::MAX, 0xffff_ffff, 0xffff_ffff_0000_0000, 0x8000_0000_0000_0003] {
+            t.prefetch(h);
+            t.insert(&k, h, value(1), 0, Some(0xff));
+            assert_eq!(t.lookup(&k, h, 0, None), Some(value(1)));
+            assert!(t.remove(&k, h));
+        }
+    }
+
+    // ---- property tests ----
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum ModelState {
+        Established,
+        Closing,
+        Other,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    struct ModelEntry {
+        value: ConnValue,
+        state: ModelState,
+        last_seen: u64,
+    }
+
+    /// The table's rules, written plainly over a HashMap with full 64-bit times.
+    #[derive(Default)]
+    struct Model {
+        entries: HashMap<FlowKey, ModelEntry>,
+        stats: ConnStats,
+    }
+
+    impl Model {
+        fn timeout(state: ModelState) -> u64 {
+            u64::from(match state {
+                ModelState::Established => TIMEOUTS.tcp_established_ms,
+                ModelState::Closing => TIMEOUTS.tcp_closing_ms,
+                ModelState::Other => TIMEOUTS.udp_ms,
+            })
+        }
+
+        fn live(&self, key: &FlowKey, now: u64) -> Option<&ModelEntry> {
+            self.entries.get(key).filter(|e| now - e.last_seen <= Self::timeout(e.state))
+        }
+
+        fn lookup(&mut self, key: &FlowKey, now: u64, flags: Option<u8>) -> Option<ConnValue> {
+            let Some(entry) = self.live(key, now).copied() else {
+                self.entries.remove(key);
+                self.stats.misses += 1;
+                return None;
+            };
+            let fin_or_rst = flags.is_some_and(|f| f & (TCP_FIN | TCP_RST) != 0);
+            let new_syn = flags.is_some_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN);
+            let state = match entry.state {
+                ModelState::Closing if new_syn => {
+                    self.entries.remove(key);
+                    self.stats.reset_by_syn += 1;
+                    self.stats.misses += 1;
+                    return None;
+                }
+                ModelState::Established if fin_or_rst => ModelState::Closing,
+                state => state,
+            };
+            self.entries.insert(*key, ModelEntry { state, last_seen: now, ..entry });
+            self.stats.hits += 1;
+            Some(entry.value)
+        }
+
+        fn insert(&mut self, key: &FlowKey, value: ConnValue, now: u64, flags: Option<u8>) {
+            let fin_or_rst = flags.is_some_and(|f| f & (TCP_FIN | TCP_RST) != 0);
+            let new_syn = flags.is_some_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN);
+            let was_closing = self.live(key, now).is_some_and(|e| e.state == ModelState::Closing);
+            let state = if key.proto != TCP {
+                ModelState::Other
+            } else if fin_or_rst || (was_closing && !new_syn) {
+                ModelState::Closing
+            } else {
+                ModelState::Established
+            };
+            self.entries.insert(*key, ModelEntry { value, state, last_seen: now });
+            self.stats.inserts += 1;
+        }
+
+        fn count_live(&self, now: u64) -> usize {
+            self.entries.keys().filter(|k| self.live(k, now).is_some()).count()
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Lookup { key: usize, flags: Option<u8> },
+        Insert { key: usize, backend: u32, flags: Option<u8> },
+        Remove { key: usize },
+        CountLive,
+        Advance { ms: u64 },
+    }
+
+    fn flags() -> impl Strategy<Value = Option<u8>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(TCP_ACK)),
+            Just(Some(TCP_SYN)),
+            Just(Some(TCP_SYN | TCP_ACK)),
+            Just(Some(FIN_ACK)),
+            Just(Some(TCP_RST)),
+            any::<u8>().prop_map(Some),
+        ]
+    }
+
+    fn op(keys: usize) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..keys, flags()).prop_map(|(key, flags)| Op::Lookup { key, flags }),
+            3 => (0..keys, 0..4u32, flags()).prop_map(|(key, backend, flags)| Op::Insert { key, backend, flags }),
+            1 => (0..keys).prop_map(|key| Op::Remove { key }),
+            1 => Just(Op::CountLive),
+            3 => prop_oneof![0..50u64, 0..4_000u64, Just(1_000u64), Just(1_001u64)].prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    /// Keys alternate TCP and UDP, v4 and v6.
+    fn model_key(i: usize) -> FlowKey {
+        let port = 1000 + i as u16;
+        if i % 2 == 0 {
+            tcp(port)
+        } else {
+            udp(port)
+        }
+    }
+
+    /// Every flow that shares a slot of the table must be found by its own key only.
+    fn assert_no_duplicate_keys(t: &ConnTable) {
+        let mut seen = HashSet::new();
+        for (header, bucket) in t.headers.iter().zip(t.entries.iter()) {
+            for (word, entry) in header.words.iter().zip(bucket.0.iter()) {
+                if *word != STATE_EMPTY {
+                    assert!(seen.insert(entry.key), "key {:?} stored twice", entry.key);
+                }
+            }
+        }
+    }
+
+    const MODEL_KEYS: usize = 32;
+
+    proptest! {
+        /// On a table that never has to evict (32 keys, 4 per bucket, signatures colliding on
+        /// purpose), every answer matches the model exactly, across the u32 clock wrap too.
+        #[test]
+        fn table_matches_a_hashmap_model(
+            start in prop_oneof![Just(0u64), Just((1u64 << 32) - 5_000), any::<u32>().prop_map(u64::from)],
+            ops in proptest::collection::vec(op(MODEL_KEYS), 1..300),
+        ) {
+            let mut t = ConnTable::new(MODEL_KEYS * 2, TIMEOUTS);
+            let mut model = Model::default();
+            let keys: Vec<FlowKey> = (0..MODEL_KEYS).map(model_key).collect();
+            // Bucket i / 4; only 3 distinct signatures, so full key compares decide.
+            let hashes: Vec<u64> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| ((i as u64 / 4) << 32) | (flow_hash(k) & 0xc))
+                .collect();
+            let mut now = start;
+            for op in ops {
+                match op {
+                    Op::Lookup { key, flags } => {
+                        let got = t.lookup(&keys[key], hashes[key], now, flags);
+                        prop_assert_eq!(got, model.lookup(&keys[key], now, flags), "lookup {} at {}", key, now);
+                    }
+                    Op::Insert { key, backend, flags } => {
+                        t.insert(&keys[key], hashes[key], value(backend), now, flags);
+                        model.insert(&keys[key], value(backend), now, flags);
+                    }
+                    Op::Remove { key } => {
+                        let removed = t.remove(&keys[key], hashes[key]);
+                        // An expired entry may or may not have been swept already.
+                        if model.live(&keys[key], now).is_some() {
+                            prop_assert!(removed, "live key {} not removed", key);
+                        } else if !model.entries.contains_key(&keys[key]) {
+                            prop_assert!(!removed, "absent key {} removed", key);
+                        }
+                        model.entries.remove(&keys[key]);
+                    }
+                    Op::CountLive => prop_assert_eq!(t.count_live(now), model.count_live(now)),
+                    Op::Advance { ms } => now += ms,
+                }
+                let stats = t.stats();
+                prop_assert_eq!(
+                    (stats.hits, stats.misses, stats.inserts, stats.reset_by_syn, stats.evicted_lru),
+                    (model.stats.hits, model.stats.misses, model.stats.inserts, model.stats.reset_by_syn, 0)
+                );
+            }
+            prop_assert_eq!(t.count_live(now), model.count_live(now));
+            assert_no_duplicate_keys(&t);
+        }
+
+        /// On a tiny table that evicts all the time: never more live entries than the capacity,
+        /// a just-inserted flow is found, no flow is stored twice, every lookup is counted.
+        #[test]
+        fn tiny_table_keeps_its_invariants(
+            capacity in 1usize..=16,
+            start in prop_oneof![Just(0u64), Just((1u64 << 32) - 2_000)],
+            ops in proptest::collection::vec(op(64), 1..400),
+        ) {
+            let mut t = ConnTable::new(capacity, TIMEOUTS);
+            let keys: Vec<FlowKey> = (0..64).map(model_key).collect();
+            let mut now = start;
+            let mut lookups = 0;
+            for op in ops {
+                match op {
+                    Op::Lookup { key, flags } => {
+                        t.lookup(&keys[key], flow_hash(&keys[key]), now, flags);
+                        lookups += 1;
+                    }
+                    Op::Insert { key, backend, flags } => {
+                        let h = flow_hash(&keys[key]);
+                        t.insert(&keys[key], h, value(backend), now, flags);
+                        prop_assert_eq!(t.lookup(&keys[key], h, now, None), Some(value(backend)));
+                        lookups += 1;
+                    }
+                    Op::Remove { key } => {
+                        let h = flow_hash(&keys[key]);
+                        t.remove(&keys[key], h);
+                        prop_assert_eq!(t.lookup(&keys[key], h, now, None), None);
+                        lookups += 1;
+                    }
+                    Op::CountLive => {}
+                    Op::Advance { ms } => now += ms,
+                }
+                prop_assert!(t.count_live(now) <= t.capacity());
+                let stats = t.stats();
+                prop_assert_eq!(stats.hits + stats.misses, lookups);
+            }
+            assert_no_duplicate_keys(&t);
+        }
     }
 }

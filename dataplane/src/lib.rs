@@ -5,6 +5,7 @@
 //! [`snapshot::Snapshot`] that workers read once per batch.
 #![forbid(unsafe_code)]
 
+pub mod conntrack;
 pub mod counters;
 pub mod flow;
 pub mod frame;

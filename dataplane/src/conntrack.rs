@@ -1,0 +1,938 @@
+//! The per-worker connection table: which backend each flow was given.
+//!
+//! Maglev alone keeps most flows on their backend when the backend set changes, but not all; the
+//! connection table pins every flow a worker has seen to the backend it was first given, so that
+//! established connections survive backend changes. Each worker owns one table (no sharing, no
+//! locks); it is allocated once at start and never grows.
+//!
+//! # Layout
+//!
+//! The table is set-associative, like a CPU cache: a flow can live only in the 8 slots of the
+//! bucket picked by the high 32 bits of its flow hash (the low 32 bits pick the Maglev slot, see
+//! [`crate::hash::reduce`], so the two stay independent). Each bucket is split in two parts kept in
+//! separate arrays:
+//!
+//! * a 64-byte *header* (one cache line): per slot a 32-bit word holding a 30-bit signature taken
+//!   from the low hash bits plus a 2-bit state (0 = empty), and the 32-bit last-seen time. A lookup
+//!   compares the 8 signatures at once and an insert picks its victim (empty, then expired, then
+//!   least recently used) without leaving this line;
+//! * 8 entries of 48 bytes (key and value), read only for the slot whose signature matched.
+//!
+//! Keeping the headers in their own contiguous array means a miss (a new flow, or a SYN flood)
+//! costs one cache line, the headers of a large table (an eighth of its memory) stay warmer in the
+//! caches than the entries, and the expiry sweep below walks memory sequentially.
+//!
+//! # Time
+//!
+//! Times are milliseconds since the worker started, stored truncated to `u32` and compared with
+//! wrapping subtraction, so an age is exact up to 2^32 ms (49.7 days). An entry idle longer than
+//! that would look young again; to prevent it, every insert also sweeps one bucket (round robin)
+//! and frees its expired entries, so an expired entry is reclaimed once the table has seen as many
+//! inserts as it has buckets (131 072 for a million entries). Only a worker that sees fewer new
+//! flows than that in 49 days can revive a flow idle that long, and even then the flow only gets
+//! back the backend it had, which the pipeline validates against the current backend set on every
+//! hit anyway.
+
+use crate::flow::FlowKey;
+use std::hint::black_box;
+
+/// What the table remembers about a flow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnValue {
+    /// The backend the flow was given (an index into the service's backend list).
+    pub backend: u32,
+    /// Caller-defined check value, e.g. the backend set's generation, to validate a hit.
+    pub tag: u32,
+}
+
+/// Idle timeouts: an entry not seen for longer than its timeout is expired.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP flows that have not shown a FIN or RST.
+    pub tcp_established_ms: u32,
+    /// TCP flows after a FIN or RST was seen in either a lookup or an insert.
+    pub tcp_closing_ms: u32,
+    /// UDP, and any protocol other than TCP.
+    pub udp_ms: u32,
+}
+
+/// Cumulative counters; [`ConnTable::clear`] does not reset them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    /// Lookups that returned a live entry.
+    pub hits: u64,
+    /// Lookups that returned `None` (absent, expired, or reset by a SYN).
+    pub misses: u64,
+    /// Calls to [`ConnTable::insert`] (new entries and overwrites).
+    pub inserts: u64,
+    /// Expired entries reclaimed by inserts: as eviction victims or by the round-robin sweep.
+    pub evicted_expired: u64,
+    /// Live entries evicted because their bucket was full (the least recently used one).
+    pub evicted_lru: u64,
+    /// Lookups that found a closing TCP entry and a new SYN (port reuse) and removed it.
+    pub reset_by_syn: u64,
+}
+
+const TCP: u8 = 6;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_ACK: u8 = 0x10;
+
+/// Slots per bucket.
+const WAYS: usize = 8;
+
+/// The state lives in the low 2 bits of a slot's header word; the other 30 are the signature.
+const STATE_MASK: u32 = 0b11;
+/// Empty slot: the whole word is zero (a signature is never zero).
+const STATE_EMPTY: u32 = 0;
+const STATE_TCP_ESTABLISHED: u32 = 1;
+const STATE_TCP_CLOSING: u32 = 2;
+const STATE_OTHER: u32 = 3;
+
+/// One bucket's signatures, states and last-seen times: exactly one cache line.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C, align(64))]
+struct BucketHeader {
+    /// `signature | state` per slot; 0 when the slot is empty.
+    words: [u32; WAYS],
+    /// Last time the slot's flow was seen, in ms truncated to u32.
+    last_seen: [u32; WAYS],
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entry {
+    key: FlowKey,
+    value: ConnValue,
+}
+
+const EMPTY_ENTRY: Entry = Entry {
+    key: FlowKey { src: [0; 16], dst: [0; 16], src_port: 0, dst_port: 0, proto: 0 },
+    value: ConnValue { backend: 0, tag: 0 },
+};
+
+/// One bucket's keys and values, aligned so a bucket starts on a cache line.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+struct EntryBucket([Entry; WAYS]);
+
+/// A fixed-capacity, set-associative connection table owned by one worker.
+#[derive(Debug)]
+pub struct ConnTable {
+    headers: Box<[BucketHeader]>,
+    entries: Box<[EntryBucket]>,
+    /// Bucket count - 1 (the bucket count is a power of two).
+    bucket_mask: usize,
+    /// Idle timeout per state, indexed by the 2-bit state.
+    timeout_by_state: [u32; 4],
+    /// Next bucket the insert-time sweep visits.
+    sweep_cursor: usize,
+    stats: ConnStats,
+}
+
+/// The bucket count for a requested capacity: a power of two holding at least `capacity` entries.
+/// Capped at 2^32 buckets, since the bucket index comes from 32 hash bits.
+fn bucket_count_for(capacity: usize) -> usize {
+    let wanted = capacity.max(1).div_ceil(WAYS);
+    let cap = 1usize << 32.min(usize::BITS - 1);
+    wanted.checked_next_power_of_two().unwrap_or(cap).min(cap)
+}
+
+/// The 30-bit signature (in the high 30 bits of a word; never zero) of a flow hash.
+#[inline(always)]
+fn signature(hash: u64) -> u32 {
+    let sig = (hash as u32) & !STATE_MASK;
+    if sig == 0 {
+        1 << 2
+    } else {
+        sig
+    }
+}
+
+/// Bit `i` set when slot `i` holds the signature `sig` (in any non-empty state).
+#[inline(always)]
+fn signature_matches(header: &BucketHeader, sig: u32) -> u32 {
+    let mut found = 0u32;
+    for (i, word) in header.words.iter().enumerate() {
+        found |= u32::from(word & !STATE_MASK == sig) << i;
+    }
+    found
+}
+
+#[inline(always)]
+fn has_flag(tcp_flags: Option<u8>, flag: u8) -> bool {
+    matches!(tcp_flags, Some(f) if f & flag != 0)
+}
+
+/// A SYN without ACK: a client opening a connection (possibly reusing a closed one's ports).
+#[inline(always)]
+fn is_new_syn(tcp_flags: Option<u8>) -> bool {
+    matches!(tcp_flags, Some(f) if f & (TCP_SYN | TCP_ACK) == TCP_SYN)
+}
+
+impl ConnTable {
+    /// A table holding at least `capacity` entries (0 is taken as 1): the capacity is rounded up
+    /// to a power-of-two number of 8-entry buckets, see [`ConnTable::capacity`]. All memory is
+    /// allocated here: about 56 bytes per entry.
+    pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
+        let buckets = bucket_count_for(capacity);
+        ConnTable {
+            headers: vec![BucketHeader::default(); buckets].into_boxed_slice(),
+            entries: vec![EntryBucket([EMPTY_ENTRY; WAYS]); buckets].into_boxed_slice(),
+            bucket_mask: buckets - 1,
+            timeout_by_state: [0, timeouts.tcp_established_ms, timeouts.tcp_closing_ms, timeouts.udp_ms],
+            sweep_cursor: 0,
+            stats: ConnStats::default(),
+        }
+    }
+
+    /// The number of entries the table holds when every bucket is full.
+    pub fn capacity(&self) -> usize {
+        self.headers.len() * WAYS
+    }
+
+    #[inline(always)]
+    fn bucket_index(&self, hash: u64) -> usize {
+        (hash >> 32) as usize & self.bucket_mask
+    }
+
+    #[inline(always)]
+    fn is_expired(&self, word: u32, last_seen: u32, now: u32) -> bool {
+        now.wrapping_sub(last_seen) > self.timeout_by_state[(word & STATE_MASK) as usize]
+    }
+
+    /// The live entry for the flow, if any; see the module documentation for the rules.
+    ///
+    /// A hit refreshes the entry's last-seen time. For TCP entries, `tcp_flags` (the flags byte of
+    /// the packet) moves the entry to the closing state on FIN or RST, and a SYN without ACK on a
+    /// closing entry (a new connection reusing the ports) removes it and returns `None`. Expired
+    /// entries found here are removed and miss.
+    #[inline]
+    pub fn lookup(
+        &mut self,
+        key: &FlowKey,
+        hash: u64,
+        now_ms: u64,
+        tcp_flags: Option<u8>,
+    ) -> Option<ConnValue> {
+        let now = now_ms as u32;
+        let b = self.bucket_index(hash);
+        let sig = signature(hash);
+        let (Some(header), Some(bucket)) = (self.headers.get_mut(b), self.entries.get(b)) else {
+            self.stats.misses += 1;
+            return None;
+        };
+        let mut candidates = signature_matches(header, sig);
+        while candidates != 0 {
+            let slot = candidates.trailing_zeros() as usize % WAYS;
+            candidates &= candidates - 1;
+            let Some(entry) = bucket.0.get(slot) else { break };
+            if entry.key != *key {
+                continue;
+            }
+            let word = header.words[slot];
+            let mut state = word & STATE_MASK;
+            let idle = now.wrapping_sub(header.last_seen[slot]);
+            if idle > self.timeout_by_state[state as usize] {
+                header.words[slot] = 0;
+                self.stats.misses += 1;
+                return None;
+            }
+            if state != STATE_OTHER {
+                if state == STATE_TCP_CLOSING && is_new_syn(tcp_flags) {
+                    header.words[slot] = 0;
+                    self.stats.reset_by_syn += 1;
+                    self.stats.misses += 1;
+                    return None;
+                }
+                if has_flag(tcp_flags, TCP_FIN | TCP_RST) {
+                    state = STATE_TCP_CLOSING;
+                }
+            }
+            header.words[slot] = sig | state;
+            header.last_seen[slot] = now;
+            self.stats.hits += 1;
+            return Some(entry.value);
+        }
+        self.stats.misses += 1;
+        None
+    }
+
+    /// Records (or overwrites) the flow's backend, evicting if the bucket is full: an expired
+    /// entry if the bucket has one, else its least recently used entry.
+    ///
+    /// A TCP entry starts in the closing state if `tcp_flags` has FIN or RST; overwriting a live
+    /// closing entry keeps it closing unless the packet is a new SYN.
+    #[inline]
+    pub fn insert(&mut self, key: &FlowKey, hash: u64, value: ConnValue, now_ms: u64, tcp_flags: Option<u8>) {
+        let now = now_ms as u32;
+        let b = self.bucket_index(hash);
+        let sig = signature(hash);
+        self.stats.inserts += 1;
+        let timeouts = self.timeout_by_state;
+        if let (Some(header), Some(bucket)) = (self.headers.get_mut(b), self.entries.get_mut(b)) {
+            let mut existing = None;
+            let mut candidates = signature_matches(header, sig);
+            while candidates != 0 {
+                let slot = candidates.trailing_zeros() as usize % WAYS;
+                candidates &= candidates - 1;
+                if bucket.0.get(slot).is_some_and(|e| e.key == *key) {
+                    existing = Some(slot);
+                    break;
+                }
+            }
+            let mut state = STATE_OTHER;
+            if key.proto == TCP {
+                let was_closing = existing.is_some_and(|slot| {
+                    header.words[slot % WAYS] & STATE_MASK == STATE_TCP_CLOSING
+                        && now.wrapping_sub(header.last_seen[slot % WAYS])
+                            <= timeouts[STATE_TCP_CLOSING as usize]
+                });
+                state = if has_flag(tcp_flags, TCP_FIN | TCP_RST) || (was_closing && !is_new_syn(tcp_flags)) {
+                    STATE_TCP_CLOSING
+                } else {
+                    STATE_TCP_ESTABLISHED
+                };
+            }
+            let slot = match existing {
+                Some(slot) => slot,
+                None => Self::pick_victim(header, now, &timeouts, &mut self.stats),
+            } % WAYS;
+            header.words[slot] = sig | state;
+            header.last_seen[slot] = now;
+            if let Some(entry) = bucket.0.get_mut(slot) {
+                *entry = Entry { key: *key, value };
+            }
+        }
+        self.sweep_one_bucket(now);
+    }
+
+    /// The slot a new entry goes to: an empty one, else an expired one, else the least recently
+    /// used one. Counts evictions.
+    #[inline(always)]
+    fn pick_victim(header: &BucketHeader, now: u32, timeouts: &[u32; 4], stats: &mut ConnStats) -> usize {
+        let mut oldest = 0;
+        let mut oldest_idle = 0;
+        let mut expired = None;
+        for slot in 0..WAYS {
+            let word = header.words[slot];
+            if word == STATE_EMPTY {
+                return slot;
+            }
+            let idle = now.wrapping_sub(header.last_seen[slot]);
+            if idle > timeouts[(word & STATE_MASK) as usize] {
+                expired = expired.or(Some(slot));
+            }
+            if idle >= oldest_idle {
+                oldest_idle = idle;
+                oldest = slot;
+            }
+        }
+        match expired {
+            Some(slot) => {
+                stats.evicted_expired += 1;
+                slot
+            }
+            None => {
+                stats.evicted_lru += 1;
+                oldest
+            }
+        }
+    }
+
+    /// Frees the expired entries of the next bucket in round-robin order, so that no entry stays
+    /// idle long enough (2^32 ms) for its wrapped age to look young.
+    #[inline(always)]
+    fn sweep_one_bucket(&mut self, now: u32) {
+        let b = self.sweep_cursor & self.bucket_mask;
+        self.sweep_cursor = b.wrapping_add(1);
+        let timeouts = self.timeout_by_state;
+        if let Some(header) = self.headers.get_mut(b) {
+            for slot in 0..WAYS {
+                let word = header.words[slot];
+                let idle = now.wrapping_sub(header.last_seen[slot]);
+                if word != STATE_EMPTY && idle > timeouts[(word & STATE_MASK) as usize] {
+                    header.words[slot] = STATE_EMPTY;
+                    self.stats.evicted_expired += 1;
+                }
+            }
+        }
+    }
+
+    /// Removes the flow's entry. True if there was one (possibly expired but not yet reclaimed).
+    pub fn remove(&mut self, key: &FlowKey, hash: u64) -> bool {
+        let b = self.bucket_index(hash);
+        let sig = signature(hash);
+        let (Some(header), Some(bucket)) = (self.headers.get_mut(b), self.entries.get(b)) else {
+            return false;
+        };
+        let mut candidates = signature_matches(header, sig);
+        while candidates != 0 {
+            let slot = candidates.trailing_zeros() as usize % WAYS;
+            candidates &= candidates - 1;
+            if bucket.0.get(slot).is_some_and(|e| e.key == *key) {
+                header.words[slot] = STATE_EMPTY;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Entries not expired as of `now_ms`. Walks the whole table: for stats, not per packet.
+    pub fn count_live(&self, now_ms: u64) -> usize {
+        let now = now_ms as u32;
+        self.headers
+            .iter()
+            .flat_map(|h| h.words.iter().zip(h.last_seen.iter()))
+            .filter(|&(&word, &last_seen)| word != STATE_EMPTY && !self.is_expired(word, last_seen, now))
+            .count()
+    }
+
+    pub fn stats(&self) -> ConnStats {
+        self.stats
+    }
+
+    /// Starts loading the flow's bucket header into the cache, so that a lookup a few packets
+    /// later does not wait for memory. Call it for a batch of packets before looking them up.
+    ///
+    /// Stable Rust has no safe prefetch instruction (`_mm_prefetch` needs `unsafe` outside a
+    /// `#[target_feature]` function and `core::hint::prefetch_read` is unstable), so this issues an
+    /// ordinary load whose value is discarded: the out-of-order core keeps going while the line
+    /// arrives, which overlaps the misses of a batch like a prefetch would.
+    #[inline]
+    pub fn prefetch(&self, hash: u64) {
+        if let Some(header) = self.headers.get(self.bucket_index(hash)) {
+            black_box(header.words[0]);
+        }
+    }
+
+    /// Removes every entry. Statistics are kept.
+    pub fn clear(&mut self) {
+        self.headers.fill(BucketHeader::default());
+        self.sweep_cursor = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hash::flow_hash;
+    use proptest::prelude::*;
+    use std::collections::{HashMap, HashSet};
+
+    const TIMEOUTS: Timeouts = Timeouts { tcp_established_ms: 10_000, tcp_closing_ms: 1_000, udp_ms: 3_000 };
+    const FIN_ACK: u8 = TCP_FIN | TCP_ACK;
+
+    fn tcp(port: u16) -> FlowKey {
+        FlowKey::v4([198, 18, 0, 1], [198, 19, 0, 1], 6, port, 80)
+    }
+
+    fn udp(port: u16) -> FlowKey {
+        FlowKey::v6(
+            "fd00::1".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            "fd00::53".parse::<std::net::Ipv6Addr>().unwrap().octets(),
+            17,
+            port,
+            53,
+        )
+    }
+
+    fn value(backend: u32) -> ConnValue {
+        ConnValue { backend, tag: 7 }
+    }
+
+    /// A hash that sends `key` to `bucket`, keeping the key's real signature bits.
+    fn hash_in_bucket(key: &FlowKey, bucket: u64) -> u64 {
+        (bucket << 32) | (flow_hash(key) & 0xffff_ffff)
+    }
+
+    fn table() -> ConnTable {
+        ConnTable::new(1024, TIMEOUTS)
+    }
+
+    #[test]
+    fn layout_is_compact() {
+        assert_eq!(std::mem::size_of::<BucketHeader>(), 64);
+        assert_eq!(std::mem::size_of::<Entry>(), 48);
+        assert_eq!(std::mem::size_of::<EntryBucket>(), 8 * 48);
+        assert_eq!(std::mem::align_of::<EntryBucket>(), 64);
+    }
+
+    #[test]
+    fn inserted_flow_hits_and_others_miss() {
+        let mut t = table();
+        let (a, b) = (tcp(40_000), tcp(40_001));
+        t.insert(&a, flow_hash(&a), value(3), 0, Some(TCP_SYN));
+        assert_eq!(t.lookup(&a, flow_hash(&a), 1, Some(TCP_ACK)), Some(value(3)));
+        assert_eq!(t.lookup(&b, flow_hash(&b), 1, Some(TCP_ACK)), None);
+        // Same hash (same bucket and signature), different key: the full key compare rejects it.
+        assert_eq!(t.lookup(&b, flow_hash(&a), 1, None), None);
+        assert_eq!(t.stats(), ConnStats { hits: 1, misses: 2, inserts: 1, ..ConnStats::default() });
+        assert_eq!(t.count_live(1), 1);
+    }
+
+    #[test]
+    fn tcp_established_entry_lives_for_the_established_timeout() {
+        let mut t = table();
+        let k = tcp(1);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(1), 0, Some(TCP_SYN));
+        // Longer than the closing and UDP timeouts, exactly the established one: still live.
+        assert_eq!(t.lookup(&k, h, 10_000, Some(TCP_ACK)), Some(value(1)));
+        assert_eq!(t.count_live(20_000), 1);
+        assert_eq!(t.count_live(20_001), 0);
+        assert_eq!(t.lookup(&k, h, 20_001, Some(TCP_ACK)), None);
+        // The expired entry was removed, not just hidden.
+        assert_eq!(t.lookup(&k, h, 20_001, Some(TCP_ACK)), None);
+        assert!(!t.remove(&k, h));
+    }
+
+    #[test]
+    fn fin_moves_entry_to_the_closing_timeout_and_keeps_its_backend_until_then() {
+        let mut t = table();
+        let k = tcp(2);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(5), 0, Some(TCP_SYN));
+        assert_eq!(t.lookup(&k, h, 100, Some(FIN_ACK)), Some(value(5)));
+        // Packets after the FIN (the last ACKs) still reach the same backend.
+        assert_eq!(t.lookup(&k, h, 1_100, Some(TCP_ACK)), Some(value(5)));
+        // A plain ACK does not bring the entry back to established.
+        assert_eq!(t.count_live(2_100), 1);
+        assert_eq!(t.lookup(&k, h, 2_101, Some(TCP_ACK)), None);
+    }
+
+    #[test]
+    fn rst_moves_entry_to_the_closing_timeout() {
+        let mut t = table();
+        let k = tcp(3);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(5), 0, Some(TCP_SYN));
+        assert_eq!(t.lookup(&k, h, 0, Some(TCP_RST)), Some(value(5)));
+        assert_eq!(t.lookup(&k, h, 1_001, Some(TCP_ACK)), None);
+    }
+
+    #[test]
+    fn insert_with_fin_starts_closing() {
+        let mut t = table();
+        let k = tcp(4);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(5), 0, Some(FIN_ACK));
+        assert_eq!(t.count_live(1_000), 1);
+        assert_eq!(t.count_live(1_001), 0);
+    }
+
+    #[test]
+    fn udp_and_other_protocols_use_the_udp_timeout_and_ignore_tcp_flags() {
+        let mut t = table();
+        let u = udp(5353);
+        let sctp = FlowKey { proto: 132, ..tcp(9) };
+        t.insert(&u, flow_hash(&u), value(1), 0, None);
+        // Flags on a non-TCP flow (a caller bug) change nothing.
+        t.insert(&sctp, flow_hash(&sctp), value(2), 0, Some(TCP_FIN));
+        assert_eq!(t.lookup(&u, flow_hash(&u), 2_000, Some(TCP_RST)), Some(value(1)));
+        assert_eq!(t.lookup(&sctp, flow_hash(&sctp), 2_000, Some(TCP_SYN)), Some(value(2)));
+        assert_eq!(t.count_live(5_000), 2);
+        assert_eq!(t.lookup(&u, flow_hash(&u), 5_001, None), None);
+        assert_eq!(t.lookup(&sctp, flow_hash(&sctp), 5_001, None), None);
+    }
+
+    #[test]
+    fn syn_after_close_resets_the_entry() {
+        let mut t = table();
+        let k = tcp(6);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(1), 0, Some(TCP_SYN));
+        // A retransmitted SYN on an established flow keeps it.
+        assert_eq!(t.lookup(&k, h, 5, Some(TCP_SYN)), Some(value(1)));
+        assert_eq!(t.lookup(&k, h, 10, Some(FIN_ACK)), Some(value(1)));
+        // A SYN-ACK is the server's side of a handshake, not a new connection.
+        assert_eq!(t.lookup(&k, h, 15, Some(TCP_SYN | TCP_ACK)), Some(value(1)));
+        assert_eq!(t.lookup(&k, h, 20, Some(TCP_SYN)), None);
+        assert_eq!(t.stats().reset_by_syn, 1);
+        assert_eq!(t.lookup(&k, h, 21, Some(TCP_ACK)), None);
+        assert_eq!(t.count_live(21), 0);
+    }
+
+    #[test]
+    fn eviction_prefers_an_expired_entry_then_the_least_recently_used() {
+        let mut t = table();
+        let bucket = 100;
+        let keys: Vec<FlowKey> = (0..10).map(tcp).collect();
+        let hash = |i: usize| hash_in_bucket(&keys[i], bucket);
+        for i in 0..8 {
+            let flags = if i == 4 { FIN_ACK } else { TCP_SYN };
+            t.insert(&keys[i], hash(i), value(i as u32), 10 * i as u64, Some(flags));
+        }
+        assert_eq!(t.count_live(70), 8);
+        // At 2000, key 4 (closing since 40) has expired; key 2, seen last at 20, is the oldest
+        // live one once the others are refreshed.
+        for i in [0, 1, 3, 5, 6, 7] {
+            assert_eq!(t.lookup(&keys[i], hash(i), 2_000 + i as u64, None), Some(value(i as u32)));
+        }
+        t.insert(&keys[8], hash(8), value(8), 2_100, Some(TCP_SYN));
+        assert_eq!((t.stats().evicted_expired, t.stats().evicted_lru), (1, 0));
+        assert_eq!(t.count_live(2_100), 8);
+        t.insert(&keys[9], hash(9), value(9), 2_200, Some(TCP_SYN));
+        assert_eq!((t.stats().evicted_expired, t.stats().evicted_lru), (1, 1));
+        assert_eq!(t.lookup(&keys[2], hash(2), 2_300, None), None, "LRU entry should be gone");
+        assert_eq!(t.lookup(&keys[4], hash(4), 2_300, None), None, "expired entry should be gone");
+        for i in [0, 1, 3, 5, 6, 7, 8, 9] {
+            assert_eq!(t.lookup(&keys[i], hash(i), 2_300, None), Some(value(i as u32)), "key {i}");
+        }
+    }
+
+    #[test]
+    fn a_full_bucket_does_not_disturb_its_neighbours() {
+        let mut t = table();
+        let keys: Vec<FlowKey> = (0..20).map(tcp).collect();
+        let neighbour = udp(1);
+        t.insert(&neighbour, hash_in_bucket(&neighbour, 6), value(99), 0, None);
+        for (i, k) in keys.iter().enumerate() {
+            t.insert(k, hash_in_bucket(k, 5), value(i as u32), i as u64, None);
+        }
+        assert_eq!(t.stats().evicted_lru, 12);
+        assert_eq!(t.lookup(&neighbour, hash_in_bucket(&neighbour, 6), 100, None), Some(value(99)));
+        // The 8 most recent survive.
+        for (i, k) in keys.iter().enumerate() {
+            let found = t.lookup(k, hash_in_bucket(k, 5), 100, None);
+            assert_eq!(found, (i >= 12).then(|| value(i as u32)), "key {i}");
+        }
+    }
+
+    #[test]
+    fn capacity_is_rounded_up_to_a_power_of_two_buckets() {
+        for (asked, got) in [
+            (0, 8),
+            (1, 8),
+            (8, 8),
+            (9, 16),
+            (100, 128),
+            (1_000, 1_024),
+            (10_000, 16_384),
+            (1_000_000, 1_048_576),
+        ] {
+            assert_eq!(ConnTable::new(asked, TIMEOUTS).capacity(), got, "capacity {asked}");
+        }
+        assert_eq!(bucket_count_for(usize::MAX), 1 << 32);
+    }
+
+    #[test]
+    fn insert_overwrites_an_existing_flow() {
+        let mut t = table();
+        let k = tcp(7);
+        let h = flow_hash(&k);
+        t.insert(&k, h, value(1), 0, Some(TCP_SYN));
+        t.insert(&k, h, value(2), 10, Some(TCP_ACK));
+        assert_eq!(t.count_live(10), 1);
+        assert_eq!(t.lookup(&k, h, 20, None), Some(value(2)));
+        assert_eq!(t.stats().inserts, 2);
+    }
+
+    #[test]
+    fn overwriting_a_closing_flow_keeps_it_closing_unless_it_is_a_new_syn() {
+        let mut t = table();
+        let (a, b) = (tcp(8), tcp(9));
+        for k in [&a, &b] {
+            t.insert(k, flow_hash(k), value(1), 0, Some(TCP_SYN));
+            assert_eq!(t.lookup(k, flow_hash(k), 10, Some(FIN_ACK)), Some(value(1)));
+        }
+        t.insert(&a, flow_hash(&a), value(2), 20, Some(TCP_ACK));
+        t.insert(&b, flow_hash(&b), value(2), 20, Some(TCP_SYN));
+        assert_eq!(t.count_live(1_020), 2);
+        assert_eq!(t.lookup(&a, flow_hash(&a), 1_021, None), None);
+        assert_eq!(t.lookup(&b, flow_hash(&b), 1_021, None), Some(value(2)));
+    }
+
+    #[test]
+    fn remove_deletes_only_that_flow() {
+        let mut t = table();
+        let (a, b) = (tcp(10), tcp(11));
+        t.insert(&a, hash_in_bucket(&a, 1), value(1), 0, None);
+        t.insert(&b, hash_in_bucket(&b, 1), value(2), 0, None);
+        assert!(t.remove(&a, hash_in_bucket(&a, 1)));
+        assert!(!t.remove(&a, hash_in_bucket(&a, 1)));
+        assert!(!t.remove(&udp(1), flow_hash(&udp(1))));
+        assert_eq!(t.lookup(&a, hash_in_bucket(&a, 1), 1, None), None);
+        assert_eq!(t.lookup(&b, hash_in_bucket(&b, 1), 1, None), Some(value(2)));
+    }
+
+    #[test]
+    fn clear_empties_the_table_and_keeps_the_stats() {
+        let mut t = table();
+        for port in 0..100 {
+            let k = tcp(port);
+            t.insert(&k, flow_hash(&k), value(1), 0, None);
+        }
+        assert_eq!(t.count_live(0), 100);
+        t.clear();
+        assert_eq!(t.count_live(0), 0);
+        assert_eq!(t.lookup(&tcp(5), flow_hash(&tcp(5)), 0, None), None);
+        assert_eq!(t.stats().inserts, 100);
+    }
+
+    #[test]
+    fn clock_wraps_around_u32_milliseconds() {
+        let mut t = table();
+        let wrap = 1u64 << 32;
+        let (k, u) = (tcp(12), udp(12));
+        t.insert(&k, flow_hash(&k), value(1), wrap - 500, None);
+        t.insert(&u, flow_hash(&u), value(2), wrap - 100, None);
+        assert_eq!(t.lookup(&k, flow_hash(&k), wrap + 500, None), Some(value(1)));
+        assert_eq!(t.lookup(&u, flow_hash(&u), wrap + 2_900, None), Some(value(2)));
+        assert_eq!(t.lookup(&u, flow_hash(&u), wrap + 5_901, None), None);
+        assert_eq!(t.count_live(wrap + 10_500), 1);
+        assert_eq!(t.count_live(wrap + 10_501), 0);
+    }
+
+    #[test]
+    fn sweep_reclaims_expired_entries_before_their_age_can_wrap() {
+        // Two buckets: each insert sweeps the next one, so two inserts visit both.
+        let mut t = ConnTable::new(16, TIMEOUTS);
+        assert_eq!(t.capacity(), 16);
+        let (idle, b, c) = (udp(1), udp(2), udp(3));
+        t.insert(&idle, hash_in_bucket(&idle, 0), value(1), 0, None);
+        t.insert(&b, hash_in_bucket(&b, 1), value(2), 10_000, None);
+        t.insert(&c, hash_in_bucket(&c, 1), value(3), 10_000, None);
+        assert_eq!(t.stats().evicted_expired, 1);
+        // 2^32 + 5 ms later the truncated age would be 5 ms: the entry must be gone, not revived.
+        assert_eq!(t.lookup(&idle, hash_in_bucket(&idle, 0), (1 << 32) + 5, None), None);
+    }
+
+    #[test]
+    fn any_hash_value_is_safe() {
+        let mut t = ConnTable::new(1, TIMEOUTS);
+        let k = tcp(13);
+        for h in [0, 1, 3, u64::MAX, 0xffff_ffff, 0xffff_ffff_0000_0000, 0x8000_0000_0000_0003] {
+            t.prefetch(h);
+            t.insert(&k, h, value(1), 0, Some(0xff));
+            assert_eq!(t.lookup(&k, h, 0, None), Some(value(1)));
+            assert!(t.remove(&k, h));
+        }
+    }
+
+    // ---- property tests ----
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum ModelState {
+        Established,
+        Closing,
+        Other,
+    }
+
+    #[derive(Clone, Copy, Debug)]
+    struct ModelEntry {
+        value: ConnValue,
+        state: ModelState,
+        last_seen: u64,
+    }
+
+    /// The table's rules, written plainly over a HashMap with full 64-bit times.
+    #[derive(Default)]
+    struct Model {
+        entries: HashMap<FlowKey, ModelEntry>,
+        stats: ConnStats,
+    }
+
+    impl Model {
+        fn timeout(state: ModelState) -> u64 {
+            u64::from(match state {
+                ModelState::Established => TIMEOUTS.tcp_established_ms,
+                ModelState::Closing => TIMEOUTS.tcp_closing_ms,
+                ModelState::Other => TIMEOUTS.udp_ms,
+            })
+        }
+
+        fn live(&self, key: &FlowKey, now: u64) -> Option<&ModelEntry> {
+            self.entries.get(key).filter(|e| now - e.last_seen <= Self::timeout(e.state))
+        }
+
+        fn lookup(&mut self, key: &FlowKey, now: u64, flags: Option<u8>) -> Option<ConnValue> {
+            let Some(entry) = self.live(key, now).copied() else {
+                self.entries.remove(key);
+                self.stats.misses += 1;
+                return None;
+            };
+            let fin_or_rst = flags.is_some_and(|f| f & (TCP_FIN | TCP_RST) != 0);
+            let new_syn = flags.is_some_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN);
+            let state = match entry.state {
+                ModelState::Closing if new_syn => {
+                    self.entries.remove(key);
+                    self.stats.reset_by_syn += 1;
+                    self.stats.misses += 1;
+                    return None;
+                }
+                ModelState::Established if fin_or_rst => ModelState::Closing,
+                state => state,
+            };
+            self.entries.insert(*key, ModelEntry { state, last_seen: now, ..entry });
+            self.stats.hits += 1;
+            Some(entry.value)
+        }
+
+        fn insert(&mut self, key: &FlowKey, value: ConnValue, now: u64, flags: Option<u8>) {
+            let fin_or_rst = flags.is_some_and(|f| f & (TCP_FIN | TCP_RST) != 0);
+            let new_syn = flags.is_some_and(|f| f & (TCP_SYN | TCP_ACK) == TCP_SYN);
+            let was_closing = self.live(key, now).is_some_and(|e| e.state == ModelState::Closing);
+            let state = if key.proto != TCP {
+                ModelState::Other
+            } else if fin_or_rst || (was_closing && !new_syn) {
+                ModelState::Closing
+            } else {
+                ModelState::Established
+            };
+            self.entries.insert(*key, ModelEntry { value, state, last_seen: now });
+            self.stats.inserts += 1;
+        }
+
+        fn count_live(&self, now: u64) -> usize {
+            self.entries.keys().filter(|k| self.live(k, now).is_some()).count()
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Lookup { key: usize, flags: Option<u8> },
+        Insert { key: usize, backend: u32, flags: Option<u8> },
+        Remove { key: usize },
+        CountLive,
+        Advance { ms: u64 },
+    }
+
+    fn flags() -> impl Strategy<Value = Option<u8>> {
+        prop_oneof![
+            Just(None),
+            Just(Some(TCP_ACK)),
+            Just(Some(TCP_SYN)),
+            Just(Some(TCP_SYN | TCP_ACK)),
+            Just(Some(FIN_ACK)),
+            Just(Some(TCP_RST)),
+            any::<u8>().prop_map(Some),
+        ]
+    }
+
+    fn op(keys: usize) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..keys, flags()).prop_map(|(key, flags)| Op::Lookup { key, flags }),
+            3 => (0..keys, 0..4u32, flags()).prop_map(|(key, backend, flags)| Op::Insert { key, backend, flags }),
+            1 => (0..keys).prop_map(|key| Op::Remove { key }),
+            1 => Just(Op::CountLive),
+            3 => prop_oneof![0..50u64, 0..4_000u64, Just(1_000u64), Just(1_001u64)].prop_map(|ms| Op::Advance { ms }),
+        ]
+    }
+
+    /// Keys alternate TCP and UDP, v4 and v6.
+    fn model_key(i: usize) -> FlowKey {
+        let port = 1000 + i as u16;
+        if i % 2 == 0 {
+            tcp(port)
+        } else {
+            udp(port)
+        }
+    }
+
+    /// Every flow that shares a slot of the table must be found by its own key only.
+    fn assert_no_duplicate_keys(t: &ConnTable) {
+        let mut seen = HashSet::new();
+        for (header, bucket) in t.headers.iter().zip(t.entries.iter()) {
+            for (word, entry) in header.words.iter().zip(bucket.0.iter()) {
+                if *word != STATE_EMPTY {
+                    assert!(seen.insert(entry.key), "key {:?} stored twice", entry.key);
+                }
+            }
+        }
+    }
+
+    const MODEL_KEYS: usize = 32;
+
+    proptest! {
+        /// On a table that never has to evict (32 keys, 4 per bucket, signatures colliding on
+        /// purpose), every answer matches the model exactly, across the u32 clock wrap too.
+        #[test]
+        fn table_matches_a_hashmap_model(
+            start in prop_oneof![Just(0u64), Just((1u64 << 32) - 5_000), any::<u32>().prop_map(u64::from)],
+            ops in proptest::collection::vec(op(MODEL_KEYS), 1..300),
+        ) {
+            let mut t = ConnTable::new(MODEL_KEYS * 2, TIMEOUTS);
+            let mut model = Model::default();
+            let keys: Vec<FlowKey> = (0..MODEL_KEYS).map(model_key).collect();
+            // Bucket i / 4; only 3 distinct signatures, so full key compares decide.
+            let hashes: Vec<u64> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| ((i as u64 / 4) << 32) | (flow_hash(k) & 0xc))
+                .collect();
+            let mut now = start;
+            for op in ops {
+                match op {
+                    Op::Lookup { key, flags } => {
+                        let got = t.lookup(&keys[key], hashes[key], now, flags);
+                        prop_assert_eq!(got, model.lookup(&keys[key], now, flags), "lookup {} at {}", key, now);
+                    }
+                    Op::Insert { key, backend, flags } => {
+                        t.insert(&keys[key], hashes[key], value(backend), now, flags);
+                        model.insert(&keys[key], value(backend), now, flags);
+                    }
+                    Op::Remove { key } => {
+                        let removed = t.remove(&keys[key], hashes[key]);
+                        // An expired entry may or may not have been swept already.
+                        if model.live(&keys[key], now).is_some() {
+                            prop_assert!(removed, "live key {} not removed", key);
+                        } else if !model.entries.contains_key(&keys[key]) {
+                            prop_assert!(!removed, "absent key {} removed", key);
+                        }
+                        model.entries.remove(&keys[key]);
+                    }
+                    Op::CountLive => prop_assert_eq!(t.count_live(now), model.count_live(now)),
+                    Op::Advance { ms } => now += ms,
+                }
+                let stats = t.stats();
+                prop_assert_eq!(
+                    (stats.hits, stats.misses, stats.inserts, stats.reset_by_syn, stats.evicted_lru),
+                    (model.stats.hits, model.stats.misses, model.stats.inserts, model.stats.reset_by_syn, 0)
+                );
+            }
+            prop_assert_eq!(t.count_live(now), model.count_live(now));
+            assert_no_duplicate_keys(&t);
+        }
+
+        /// On a tiny table that evicts all the time: never more live entries than the capacity,
+        /// a just-inserted flow is found, no flow is stored twice, every lookup is counted.
+        #[test]
+        fn tiny_table_keeps_its_invariants(
+            capacity in 1usize..=16,
+            start in prop_oneof![Just(0u64), Just((1u64 << 32) - 2_000)],
+            ops in proptest::collection::vec(op(64), 1..400),
+        ) {
+            let mut t = ConnTable::new(capacity, TIMEOUTS);
+            let keys: Vec<FlowKey> = (0..64).map(model_key).collect();
+            let mut now = start;
+            let mut lookups = 0;
+            for op in ops {
+                match op {
+                    Op::Lookup { key, flags } => {
+                        t.lookup(&keys[key], flow_hash(&keys[key]), now, flags);
+                        lookups += 1;
+                    }
+                    Op::Insert { key, backend, flags } => {
+                        let h = flow_hash(&keys[key]);
+                        t.insert(&keys[key], h, value(backend), now, flags);
+                        prop_assert_eq!(t.lookup(&keys[key], h, now, None), Some(value(backend)));
+                        lookups += 1;
+                    }
+                    Op::Remove { key } => {
+                        let h = flow_hash(&keys[key]);
+                        t.remove(&keys[key], h);
+                        prop_assert_eq!(t.lookup(&keys[key], h, now, None), None);
+                        lookups += 1;
+                    }
+                    Op::CountLive => {}
+                    Op::Advance { ms } => now += ms,
+                }
+                prop_assert!(t.count_live(now) <= t.capacity());
+                let stats = t.stats();
+                prop_assert_eq!(stats.hits + stats.misses, lookups);
+            }
+            assert_no_duplicate_keys(&t);
+        }
+    }
+}

@@ -5,9 +5,12 @@
 //! [`snapshot::Snapshot`] that workers read once per batch.
 #![forbid(unsafe_code)]
 
+pub mod checksum;
 pub mod counters;
 pub mod flow;
 pub mod frame;
 pub mod hash;
+pub mod icmp;
 pub mod maglev;
+pub mod rewrite;
 pub mod snapshot;

@@ -11,27 +11,31 @@
 /// summed message for the words to line up.
 #[inline]
 pub fn ones_complement_sum(data: &[u8], initial: u32) -> u32 {
-    // 2^16 = 1 (mod 0xffff), so a big-endian 64-bit word is congruent to the sum of its four
-    // 16-bit words, and a carry out of bit 63 is worth 1: add 8 bytes at a time, carry around.
-    // Two accumulators break the carry chain into two independent ones.
-    let (wide, rest) = data.as_chunks::<16>();
-    let mut even = u64::from(initial);
-    let mut odd = 0u64;
-    for chunk in wide {
-        let both = u128::from_be_bytes(*chunk);
-        even = add_end_around(even, (both >> 64) as u64);
-        odd = add_end_around(odd, both as u64);
+    // Summed as native-endian 32-bit words widened into a u64, which the compiler vectorises (no
+    // per-word byte swap, no carry chain). RFC 1071 section 2: the one's complement sum is the same
+    // in any byte order up to a swap of the folded result, and 2^16 = 1 (mod 0xffff) makes a
+    // 32-bit word worth the sum of its two 16-bit words. Blocks of 64 KiB keep the u64 from
+    // overflowing (16384 words of < 2^32 each) whatever the input length.
+    let mut native = 0u64;
+    for block in data.chunks(SUM_BLOCK_LEN) {
+        let (words, tail) = block.as_chunks::<4>();
+        let mut block_sum: u64 = words.iter().map(|word| u64::from(u32::from_ne_bytes(*word))).sum();
+        let (pairs, odd) = tail.as_chunks::<2>();
+        for pair in pairs {
+            block_sum += u64::from(u16::from_ne_bytes(*pair));
+        }
+        if let Some(&last) = odd.first() {
+            block_sum += u64::from(u16::from_ne_bytes([last, 0]));
+        }
+        native = add_end_around(native, block_sum);
     }
-    let mut sum = add_end_around(even, odd);
-    let (words, tail) = rest.as_chunks::<2>();
-    for word in words {
-        sum = add_end_around(sum, u64::from(u16::from_be_bytes(*word)));
-    }
-    if let Some(&last) = tail.first() {
-        sum = add_end_around(sum, u64::from(last) << 8);
-    }
-    fold_to_16(sum)
+    let big_endian = u16::from_be(fold_to_16(native) as u16);
+    fold_to_16(u64::from(initial) + u64::from(big_endian))
 }
+
+/// Bytes summed into one u64 before folding. Even, so that every block starts on a word.
+const SUM_BLOCK_LEN: usize = 1 << 16;
+const _: () = assert!(SUM_BLOCK_LEN.is_multiple_of(2));
 
 /// Folds the carries of a partial sum into 16 bits and complements it: the value that goes into a
 /// checksum field (before any "zero means none" substitution, which UDP does itself).

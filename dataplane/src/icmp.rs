@@ -146,27 +146,36 @@ pub fn too_big(
     swap_macs(data)?;
     let headers = data.get_mut(l3_offset..).ok_or(DropReason::Malformed)?;
     let (ip_header, message) = headers.split_at_mut_checked(ip_header_len).ok_or(DropReason::Malformed)?;
-    let icmp = message.first_chunk_mut::<ICMP_HEADER_LEN>().ok_or(DropReason::Malformed)?;
-    let initial_sum = match addrs {
+    let (icmp, quote) = message.split_at_mut_checked(ICMP_HEADER_LEN).ok_or(DropReason::Malformed)?;
+    let icmp = icmp.first_chunk_mut::<ICMP_HEADER_LEN>().ok_or(DropReason::Malformed)?;
+    // The ICMP header's words are summed from their values, then one pass over the quote.
+    let (header_bytes, header_sum) = match addrs {
         Addrs::V4(src, dst) => {
             let header = ip_header.first_chunk_mut::<IPV4_OVERHEAD>().ok_or(DropReason::Malformed)?;
             let total_len = (IPV4_OVERHEAD + icmp_len) as u16; // at most 576
             write_ipv4_header(header, 0, total_len, IPV4_DONT_FRAGMENT, IPPROTO_ICMP, src, dst);
             let [mtu_high, mtu_low] = mtu.to_be_bytes();
-            *icmp = [ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, 0, 0, 0, 0, mtu_high, mtu_low];
-            0
+            let bytes = [ICMP_DEST_UNREACHABLE, ICMP_FRAGMENTATION_NEEDED, 0, 0, 0, 0, mtu_high, mtu_low];
+            (
+                bytes,
+                (u32::from(ICMP_DEST_UNREACHABLE) << 8 | u32::from(ICMP_FRAGMENTATION_NEEDED))
+                    + u32::from(mtu),
+            )
         }
         Addrs::V6(src, dst) => {
             let header = ip_header.first_chunk_mut::<IPV6_OVERHEAD>().ok_or(DropReason::Malformed)?;
             let payload_len = icmp_len as u16; // at most 1240
             write_ipv6_header(header, 6 << 28, payload_len, IPPROTO_ICMPV6, src, dst);
             let [m0, m1, m2, m3] = u32::from(mtu).to_be_bytes();
-            *icmp = [ICMPV6_PACKET_TOO_BIG, 0, 0, 0, m0, m1, m2, m3];
-            ipv6_pseudo_header_sum(&src, &dst, icmp_len as u32, IPPROTO_ICMPV6)
+            let bytes = [ICMPV6_PACKET_TOO_BIG, 0, 0, 0, m0, m1, m2, m3];
+            let pseudo = ipv6_pseudo_header_sum(&src, &dst, icmp_len as u32, IPPROTO_ICMPV6);
+            (bytes, pseudo + (u32::from(ICMPV6_PACKET_TOO_BIG) << 8) + u32::from(mtu))
         }
     };
-    let checksum = fold(ones_complement_sum(message, initial_sum));
-    message.get_mut(2..4).ok_or(DropReason::Malformed)?.copy_from_slice(&checksum.to_be_bytes());
+    let [sum_high, sum_low] = fold(ones_complement_sum(quote, header_sum)).to_be_bytes();
+    *icmp = header_bytes;
+    icmp[2] = sum_high;
+    icmp[3] = sum_low;
     Ok(())
 }
 

@@ -12,7 +12,7 @@
 //! panic. Every function checks all its inputs before it writes anything: on `Err` the frame is
 //! unchanged.
 
-use crate::checksum::{fold, ipv4_header_checksum, ones_complement_sum};
+use crate::checksum::{fold, ones_complement_sum};
 use crate::counters::DropReason;
 use crate::frame::Frame;
 use std::net::IpAddr;
@@ -186,26 +186,30 @@ pub fn encap_gue_with_checksum(
 
     let udp_offset = l3_offset + plan.outer.header_len();
     let udp_len = (UDP_OVERHEAD + inner_len) as u16; // fits: EncapPlan::check bounds it
+    let source_port = gue_source_port(flow_hash);
+    let checksum = match (plan.outer, ipv6_checksum) {
+        (OuterAddrs::V6 { src, dst }, Ipv6UdpChecksum::Compute) => {
+            // Pseudo-header and UDP header from their values, then one pass over the inner packet.
+            let headers = ipv6_pseudo_header_sum(&src, &dst, u32::from(udp_len), IPPROTO_UDP)
+                + u32::from(source_port)
+                + u32::from(gue_port)
+                + u32::from(udp_len);
+            let inner = data.get(udp_offset + UDP_OVERHEAD..).ok_or(DropReason::Malformed)?;
+            match fold(ones_complement_sum(inner, headers)) {
+                0 => 0xffff, // RFC 768: a computed zero is sent as all ones; zero means "none"
+                sum => sum,
+            }
+        }
+        _ => 0,
+    };
     let udp = data
         .get_mut(udp_offset..)
         .and_then(|rest| rest.first_chunk_mut::<UDP_OVERHEAD>())
         .ok_or(DropReason::Malformed)?;
-    udp[0..2].copy_from_slice(&gue_source_port(flow_hash).to_be_bytes());
-    udp[2..4].copy_from_slice(&gue_port.to_be_bytes());
-    udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
-    udp[6..8].copy_from_slice(&[0, 0]);
-
-    if let (OuterAddrs::V6 { src, dst }, Ipv6UdpChecksum::Compute) = (plan.outer, ipv6_checksum) {
-        let pseudo = ipv6_pseudo_header_sum(&src, &dst, u32::from(udp_len), IPPROTO_UDP);
-        let datagram = data.get(udp_offset..).ok_or(DropReason::Malformed)?;
-        let checksum = match fold(ones_complement_sum(datagram, pseudo)) {
-            0 => 0xffff, // RFC 768: a computed zero is sent as all ones; zero means "none"
-            sum => sum,
-        };
-        data.get_mut(udp_offset + 6..udp_offset + 8)
-            .ok_or(DropReason::Malformed)?
-            .copy_from_slice(&checksum.to_be_bytes());
-    }
+    let ([sport_high, sport_low], [dport_high, dport_low]) =
+        (source_port.to_be_bytes(), gue_port.to_be_bytes());
+    let ([len_high, len_low], [sum_high, sum_low]) = (udp_len.to_be_bytes(), checksum.to_be_bytes());
+    *udp = [sport_high, sport_low, dport_high, dport_low, len_high, len_low, sum_high, sum_low];
     Ok(())
 }
 
@@ -334,13 +338,23 @@ pub(crate) fn write_ipv4_header(
     src: [u8; 4],
     dst: [u8; 4],
 ) {
+    // The checksum comes from the field values, not from re-reading the bytes just stored (a
+    // 16-bit load over two byte stores stalls store forwarding).
+    let (src_word, dst_word) = (u32::from_be_bytes(src), u32::from_be_bytes(dst));
+    let sum = (0x4500 | u32::from(tos))
+        + u32::from(total_len)
+        + (u32::from(flags) << 8)
+        + (u32::from(OUTER_TTL) << 8 | u32::from(protocol))
+        + (src_word >> 16)
+        + (src_word & 0xffff)
+        + (dst_word >> 16)
+        + (dst_word & 0xffff);
     let [len_high, len_low] = total_len.to_be_bytes();
+    let [sum_high, sum_low] = fold(sum).to_be_bytes();
     *header = [
-        0x45, tos, len_high, len_low, 0, 0, flags, 0, OUTER_TTL, protocol, 0, 0, src[0], src[1], src[2],
-        src[3], dst[0], dst[1], dst[2], dst[3],
+        0x45, tos, len_high, len_low, 0, 0, flags, 0, OUTER_TTL, protocol, sum_high, sum_low, src[0], src[1],
+        src[2], src[3], dst[0], dst[1], dst[2], dst[3],
     ];
-    let checksum = ipv4_header_checksum(header);
-    header[10..12].copy_from_slice(&checksum.to_be_bytes());
 }
 
 /// A 40-byte IPv6 header with hop limit [`OUTER_TTL`]; `first_word` is version, traffic class
@@ -415,8 +429,23 @@ pub(crate) fn open_gap<'f>(
         return Err(DropReason::Truncated);
     }
     let data = frame.push_front(gap).ok_or(DropReason::NoHeadroom)?;
-    data.copy_within(gap..gap + l3_offset, 0);
+    // Fixed sizes compile to a few moves instead of a memmove call.
+    match l3_offset {
+        ETHERNET_HEADER_LEN => move_front::<ETHERNET_HEADER_LEN>(data, gap),
+        18 => move_front::<18>(data, gap),
+        MAX_L2_HEADER_LEN => move_front::<MAX_L2_HEADER_LEN>(data, gap),
+        _ => data.copy_within(gap..gap + l3_offset, 0),
+    }
     Ok(data)
+}
+
+/// Copies `data[from..from + N]` to `data[..N]` (the ranges may overlap).
+#[inline]
+fn move_front<const N: usize>(data: &mut [u8], from: usize) {
+    let moved = data.get(from..).and_then(|rest| rest.first_chunk::<N>()).copied();
+    if let (Some(moved), Some(front)) = (moved, data.first_chunk_mut::<N>()) {
+        *front = moved;
+    }
 }
 
 #[inline]
@@ -744,6 +773,7 @@ mod tests {
 
     /// Parses an encapsulated frame with etherparse and checks every outer field, the UDP header
     /// and checksum, and that the inner packet is byte for byte the input's.
+    #[allow(clippy::too_many_arguments)] // a test checker: the case's fields, spelled out
     fn check_encapsulated(
         description: &str,
         input: &Input,

@@ -5,12 +5,15 @@
 //! [`snapshot::Snapshot`] that workers read once per batch.
 #![forbid(unsafe_code)]
 
+pub mod checksum;
 pub mod conntrack;
 pub mod counters;
 pub mod flow;
 pub mod frame;
 pub mod hash;
+pub mod icmp;
 pub mod io;
 pub mod maglev;
 pub mod parse;
+pub mod rewrite;
 pub mod snapshot;

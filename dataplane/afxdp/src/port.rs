@@ -697,10 +697,24 @@ impl Port {
         }
     }
 
+    /// Whether the TX ring holds descriptors the kernel has not consumed yet.
+    #[inline]
+    fn tx_ring_pending(&mut self) -> bool {
+        let tx = self.socket.tx.ptr();
+        // SAFETY: the TX ring is live and only this port produces on it; asking for the whole
+        // ring makes libxdp re-read the kernel's consumer index.
+        unsafe {
+            let size = (*tx).size;
+            xdp::xsk_prod_nb_free(tx, size) < size
+        }
+    }
+
     /// Nothing was received: give the kernel the kicks it may be waiting for.
     #[cold]
     fn idle(&mut self) {
-        if self.tx_in_flight > 0 {
+        // Frames still on the TX ring (a copy-mode sendto sends at most its budget) need another
+        // kick; frames the kernel took but has not completed yet do not.
+        if self.tx_in_flight > 0 && self.tx_ring_pending() {
             self.kick_tx();
         }
         let fill = self.umem.fill.ptr();
@@ -1103,6 +1117,55 @@ mod tests {
         let zero_copy = PortConfig { bind_mode: BindMode::ZeroCopy, ..PortConfig::default() };
         let refused = NetnsPair::run_in(&net.a, || Port::open(IFACE, 0, &zero_copy).unwrap_err());
         assert!(matches!(refused, PortError::Bind { mode: BoundMode::ZeroCopy, .. }), "{refused:?}");
+    }
+
+    /// Runs twice: as root it starts a copy of this test binary as `nobody` with RLIMIT_MEMLOCK
+    /// at 1 MiB (prlimit + setpriv), which then runs this same test as the child.
+    #[test]
+    fn memlock_error_names_ulimit_when_the_limit_cannot_be_raised() {
+        const CHILD: &str = "FWD_AFXDP_MEMLOCK_CHILD";
+        const TEST: &str = "port::tests::memlock_error_names_ulimit_when_the_limit_cannot_be_raised";
+        if std::env::var_os(CHILD).is_some() {
+            let config = PortConfig { frame_count: 4096, frame_size: 4096, ..PortConfig::default() };
+            let err = Port::open("lo", 0, &config).unwrap_err();
+            println!("child error: {err}");
+            assert!(matches!(err, PortError::Memlock { needed: 16777216, soft: 1048576, hard: 1048576, .. }));
+            return;
+        }
+        testnet::require_root();
+        // A copy nobody can read and run, wherever the target directory is.
+        let dir = std::env::temp_dir().join(format!("fwdt-memlock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("test-binary");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let output = std::process::Command::new("prlimit")
+            .args([
+                "--memlock=1048576:1048576",
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .arg(&exe)
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = output.expect("cannot run prlimit/setpriv (util-linux)");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
+        assert!(
+            stdout.contains(
+                "cannot lock 16777216 bytes of UMEM for `lo` queue 0: RLIMIT_MEMLOCK is 1048576 bytes \
+                 (hard limit 1048576 bytes) and this process may not raise it; run as root, or raise it \
+                 with `ulimit -l unlimited`"
+            ),
+            "{stdout}"
+        );
     }
 
     #[test]

@@ -999,16 +999,17 @@ mod tests {
         min_headroom: usize,
         max_headroom: usize,
         shifted: u64,
+        xdp_mode: Option<crate::AttachedMode>,
     }
 
     /// In namespace `ns`: attaches the program, opens a port on queue 0, and bounces UDP to the
     /// VIPs until `stop` (or a minute, whichever is first). Every other frame is moved `SHIFT`
     /// bytes into its headroom before it is sent, as an encapsulation would.
-    fn bounce(ns: &str, ready: mpsc::Sender<()>, stop: &AtomicBool) -> BounceRun {
+    fn bounce(ns: &str, setup: Setup, ready: mpsc::Sender<()>, stop: &AtomicBool) -> BounceRun {
         testnet::enter(ns);
         let mut program = XdpProgram::load().unwrap();
-        program.attach(IFACE, AttachMode::Auto).unwrap();
-        let config = PortConfig { frame_count: 256, ..PortConfig::default() };
+        let attached = program.attach(IFACE, setup.xdp_mode).unwrap().mode;
+        let config = PortConfig { frame_count: 256, need_wakeup: setup.need_wakeup, ..PortConfig::default() };
         let mut port = Port::open(IFACE, 0, &config).unwrap();
         program.register_port(&port).unwrap();
         program.sync_vips(&[VIP_V4.parse().unwrap(), VIP_V6.parse().unwrap()]).unwrap();
@@ -1044,20 +1045,40 @@ mod tests {
         }
         run.stats = port.stats();
         run.bound = Some(port.bound_mode());
+        run.xdp_mode = Some(attached);
         run.counters = program.counters().unwrap();
         drop(port);
         drop(program);
         run
     }
 
+    #[derive(Clone, Copy, Debug)]
+    struct Setup {
+        xdp_mode: AttachMode,
+        need_wakeup: bool,
+    }
+
     #[test]
     fn bounces_vip_udp_while_the_kernel_keeps_arp_nd_and_ping() {
+        let run = bounce_scenario(Setup { xdp_mode: AttachMode::Auto, need_wakeup: true });
+        assert_eq!(run.xdp_mode, Some(crate::AttachedMode::Native), "veth has native XDP");
+    }
+
+    #[test]
+    fn bounces_in_generic_mode_without_need_wakeup() {
+        let run = bounce_scenario(Setup { xdp_mode: AttachMode::Generic, need_wakeup: false });
+        assert_eq!(run.xdp_mode, Some(crate::AttachedMode::Generic));
+        assert!(run.stats.tx_kicks >= run.stats.tx_frames.div_ceil(MAX_BATCH as u64), "{run:?}");
+    }
+
+    /// The bounce test proper; returns what the bounce side saw for setup-specific checks.
+    fn bounce_scenario(setup: Setup) -> BounceRun {
         let net = NetnsPair::new();
         let stop = AtomicBool::new(false);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (answered_v4, answered_v6, run) = std::thread::scope(|scope| {
             let _stop_on_failure = StopOnDrop(&stop);
-            let fwd = scope.spawn(|| bounce(&net.a, ready_tx, &stop));
+            let fwd = scope.spawn(|| bounce(&net.a, setup, ready_tx, &stop));
             ready_rx.recv_timeout(Duration::from_secs(30)).expect("the bounce side did not start");
 
             let (v4, v6) = NetnsPair::run_in(&net.b, || (echo_count(VIP_V4), echo_count(VIP_V6)));
@@ -1092,6 +1113,7 @@ mod tests {
             link.get("xdp").is_none(),
             "no XDP program left after the port and program are dropped: {link}"
         );
+        run
     }
 
     #[test]

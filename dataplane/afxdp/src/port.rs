@@ -749,7 +749,10 @@ impl Port {
             let desc = unsafe { *rx_slot(rx, idx.wrapping_add(i)) };
             let chunk = desc.addr & !offset_mask;
             let start = desc.addr & offset_mask;
-            let fits = chunk + self.frame_size <= umem_len && start + u64::from(desc.len) <= self.frame_size;
+            // Checked: a descriptor is input like any other (start < frame_size, so the second
+            // sum cannot overflow).
+            let fits = chunk.checked_add(self.frame_size).is_some_and(|end| end <= umem_len)
+                && start + u64::from(desc.len) <= self.frame_size;
             // chunk < umem_len <= frame_count * frame_size, so the frame index fits a usize.
             let frame = (chunk / self.frame_size) as usize;
             if fits && self.held.claim(frame) {
@@ -1114,6 +1117,17 @@ mod tests {
             "no XDP program left after the port and program are dropped: {link}"
         );
         run
+    }
+
+    #[test]
+    fn held_frames_admit_each_frame_once() {
+        let mut held = HeldFrames::new(128);
+        assert!(held.claim(0) && held.claim(127) && held.claim(64));
+        assert!(!held.claim(127), "a frame already held is refused");
+        assert!(!held.claim(128), "out of range is refused");
+        held.release(127);
+        held.release(4096); // out of range: ignored
+        assert!(held.claim(127));
     }
 
     #[test]

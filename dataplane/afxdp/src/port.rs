@@ -146,6 +146,9 @@ pub struct PortStats {
     pub tx_ring_full: u64,
     /// RX descriptors outside the UMEM or for a frame this port already held: skipped.
     pub bad_rx_descs: u64,
+    /// Frames the pipeline removed from the batch or moved to another position: recycled, since
+    /// verdicts belong to positions (never happens with fwd's pipeline).
+    pub batch_altered: u64,
     /// Frames that could not be put back on the fill ring (cannot happen, see `tx_ring_full`).
     pub lost_frames: u64,
     /// `sendto()` kicks of the TX ring, and how many failed with something other than EAGAIN.
@@ -338,7 +341,7 @@ impl HeldFrames {
 
 /// A received frame this port holds: its chunk (offset into the UMEM) and its span in the chunk.
 #[derive(Clone, Copy)]
-struct Held {
+struct Span {
     chunk: u64,
     start: u32,
     len: u32,
@@ -735,9 +738,9 @@ impl Port {
         }
     }
 
-    /// Takes up to `max` descriptors off the RX ring into `held`, claiming their frames.
+    /// Takes up to `max` descriptors off the RX ring into `spans`, claiming their frames.
     #[inline]
-    fn receive(&mut self, max: u32, held: &mut ArrayVec<Held, MAX_BATCH>) -> u32 {
+    fn receive(&mut self, max: u32, spans: &mut ArrayVec<Span, MAX_BATCH>) -> u32 {
         let rx = self.socket.rx.ptr();
         let mut idx = 0u32;
         // SAFETY: the RX ring is live and only this port consumes it.
@@ -757,7 +760,7 @@ impl Port {
             let frame = (chunk / self.frame_size) as usize;
             if fits && self.held.claim(frame) {
                 // received <= max <= MAX_BATCH, so there is always room.
-                let _ = held.try_push(Held { chunk, start: start as u32, len: desc.len });
+                let _ = spans.try_push(Span { chunk, start: start as u32, len: desc.len });
             } else {
                 self.stats.bad_rx_descs += 1;
             }
@@ -770,10 +773,10 @@ impl Port {
 
     /// Puts the `Tx` frames on the TX ring and every other frame back on the fill ring.
     #[inline]
-    fn complete(&mut self, held: &[Held], verdicts: &[Verdict]) {
-        let mut send: ArrayVec<Held, MAX_BATCH> = ArrayVec::new();
+    fn complete(&mut self, spans: &[Span], verdicts: &[Verdict]) {
+        let mut send: ArrayVec<Span, MAX_BATCH> = ArrayVec::new();
         let mut recycle: ArrayVec<u64, MAX_BATCH> = ArrayVec::new();
-        for (h, v) in held.iter().zip(verdicts) {
+        for (h, v) in spans.iter().zip(verdicts) {
             match v {
                 Verdict::Tx if h.len > 0 => {
                     let _ = send.try_push(*h);
@@ -845,42 +848,59 @@ impl PacketIo for Port {
     fn poll(&mut self, max: usize, process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict])) -> usize {
         self.reclaim_completions();
         let max = max.min(MAX_BATCH) as u32;
-        let mut held: ArrayVec<Held, MAX_BATCH> = ArrayVec::new();
-        let received = self.receive(max, &mut held);
+        let mut spans: ArrayVec<Span, MAX_BATCH> = ArrayVec::new();
+        let received = self.receive(max, &mut spans);
         if received == 0 {
             self.idle();
             return 0;
         }
 
         let mut verdicts = [Verdict::Drop(DropReason::Malformed); MAX_BATCH];
-        if !held.is_empty() {
+        if !spans.is_empty() {
             let base = self.umem.area.base.as_ptr();
             let frame_size = self.frame_size as usize;
             let mut batch: Batch<'_> = ArrayVec::new();
-            for h in &held {
-                // SAFETY: `h.chunk + frame_size <= area.len` was checked in `receive`, so the
+            for span in &spans {
+                // SAFETY: `span.chunk + frame_size <= area.len` was checked in `receive`, so the
                 // slice lies inside our live mapping. The slices are pairwise disjoint: each is a
                 // whole chunk, and `receive` admitted a chunk only after flipping its bit in
-                // `held` from free to held, so no chunk appears twice; the bits are cleared only
-                // in `complete`, after `batch` (and every slice in it) is gone. The kernel does
-                // not touch these chunks: they came off the RX ring and are on neither the fill
-                // nor the TX ring until `complete` puts them there. The slices cannot outlive
+                // `self.held` from free to held, so no chunk appears twice; the bits are cleared
+                // only in `complete`, after `batch` (and every slice in it) is gone. The kernel
+                // does not touch these chunks: they came off the RX ring and are on neither the
+                // fill nor the TX ring until `complete` puts them there. The slices cannot outlive
                 // this call: `batch` is local and `process` is generic over its lifetime.
-                let chunk = unsafe { std::slice::from_raw_parts_mut(base.add(h.chunk as usize), frame_size) };
-                if let Some(frame) = Frame::new(chunk, h.start as usize, h.len as usize) {
+                let chunk =
+                    unsafe { std::slice::from_raw_parts_mut(base.add(span.chunk as usize), frame_size) };
+                // Cannot fail: `receive` checked start + len <= frame_size.
+                if let Some(frame) = Frame::new(chunk, span.start as usize, span.len as usize) {
                     let _ = batch.try_push(frame);
                 }
             }
             let n = batch.len();
             process(&mut batch, &mut verdicts[..n]);
-            // Carry the (possibly moved) start and length of every frame back to its chunk.
-            for (h, frame) in held.iter_mut().zip(batch.iter()) {
-                h.start = frame.start() as u32;
-                h.len = frame.len() as u32;
+            // Carry the (possibly moved) start and length of every frame back to its span. A
+            // frame is matched to its span by position, and checked to still be that span's chunk
+            // (by address) so that a batch the pipeline reordered or shortened can never send one
+            // frame's bytes under another's descriptor: such frames are dropped instead.
+            let offset_mask = frame_size - 1;
+            for (i, (span, verdict)) in spans.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+                let offset = batch.get(i).map(|f| (f.data().as_ptr() as usize).wrapping_sub(base as usize));
+                match offset {
+                    Some(offset) if (offset & !offset_mask) as u64 == span.chunk => {
+                        if let Some(frame) = batch.get(i) {
+                            span.start = frame.start() as u32;
+                            span.len = frame.len() as u32;
+                        }
+                    }
+                    _ => {
+                        self.stats.batch_altered += 1;
+                        *verdict = Verdict::Drop(DropReason::Malformed);
+                    }
+                }
             }
             drop(batch);
         }
-        self.complete(&held, &verdicts[..held.len()]);
+        self.complete(&spans, &verdicts[..spans.len()]);
         received as usize
     }
 }
@@ -1117,6 +1137,53 @@ mod tests {
             "no XDP program left after the port and program are dropped: {link}"
         );
         run
+    }
+
+    #[test]
+    fn a_reordered_batch_is_dropped_not_sent_under_the_wrong_descriptors() {
+        const SENT: usize = 4;
+        let net = NetnsPair::new();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (sent_tx, sent_rx) = mpsc::channel::<()>();
+        let (batch_len, stats) = std::thread::scope(|scope| {
+            let net = &net;
+            let fwd = scope.spawn(move || {
+                testnet::enter(&net.a);
+                let mut program = XdpProgram::load().unwrap();
+                program.attach(IFACE, AttachMode::Auto).unwrap();
+                let config = PortConfig { frame_count: 256, ..PortConfig::default() };
+                let mut port = Port::open(IFACE, 0, &config).unwrap();
+                program.register_port(&port).unwrap();
+                program.sync_vips(&[VIP_V4.parse().unwrap()]).unwrap();
+                ready_tx.send(()).unwrap();
+                sent_rx.recv_timeout(Duration::from_secs(30)).expect("the sender did not finish");
+                let mut batch_len = 0;
+                port.poll(MAX_BATCH, &mut |batch, verdicts| {
+                    batch_len = batch.len();
+                    batch.reverse();
+                    verdicts.fill(Verdict::Tx);
+                });
+                (batch_len, port.stats())
+            });
+            ready_rx.recv_timeout(Duration::from_secs(30)).expect("the port side did not start");
+            // Resolve ARP first, so that every datagram is on the RX ring when `send` returns.
+            testnet::run("ip", &["netns", "exec", &net.b, "ping", "-c", "1", "-W", "2", A_V4]);
+            NetnsPair::run_in(&net.b, || {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                for i in 0..SENT {
+                    socket.send_to(&[i as u8; 16], (VIP_V4, ECHO_PORT)).unwrap();
+                }
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            sent_tx.send(()).unwrap();
+            fwd.join().expect("port thread")
+        });
+        assert_eq!(batch_len, SENT, "all datagrams in one batch: {stats:?}");
+        // Reversing an even number of frames moves every one of them.
+        assert_eq!(
+            (stats.batch_altered, stats.tx_frames, stats.drop_recycled),
+            (SENT as u64, 0, SENT as u64)
+        );
     }
 
     #[test]

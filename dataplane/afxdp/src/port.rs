@@ -417,8 +417,12 @@ impl Port {
         match config.bind_mode {
             BindMode::Copy => Port::open_bound(ifname, &c_name, queue, config, BoundMode::Copy),
             BindMode::ZeroCopy => Port::open_bound(ifname, &c_name, queue, config, BoundMode::ZeroCopy),
-            BindMode::Auto => Port::open_bound(ifname, &c_name, queue, config, BoundMode::ZeroCopy)
-                .or_else(|_| Port::open_bound(ifname, &c_name, queue, config, BoundMode::Copy)),
+            BindMode::Auto => {
+                Port::open_bound(ifname, &c_name, queue, config, BoundMode::ZeroCopy).or_else(|zero_copy| {
+                    eprintln!("fwd-afxdp: {zero_copy}; using copy mode");
+                    Port::open_bound(ifname, &c_name, queue, config, BoundMode::Copy)
+                })
+            }
         }
     }
 
@@ -510,7 +514,7 @@ impl Port {
                     " (another AF_XDP socket is bound to this queue: is another fwd running?)"
                 }
                 (Some(libc::EOPNOTSUPP), BoundMode::ZeroCopy) => {
-                    " (the driver has no zero-copy AF_XDP support: use copy or auto)"
+                    " (the driver has no zero-copy AF_XDP support; copy mode works with any driver)"
                 }
                 (Some(libc::EINVAL), _) => {
                     " (queue out of range for the driver, or frame size not supported)"

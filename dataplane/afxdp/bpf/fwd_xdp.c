@@ -1,8 +1,9 @@
 // fwd's XDP program: steer VIP traffic to the AF_XDP socket of its queue, pass everything else.
 //
-// Only frames whose IP destination is in `vips` go to userspace; ARP, ND, BGP, SSH, health-check
-// replies and any other traffic for the box itself stay with the kernel, so the interface keeps
-// working as a normal interface while fwd runs. A VIP frame arriving on a queue without a socket in
+// Only frames whose IP destination is in `vips` go to userspace (after up to two VLAN tags);
+// ARP, ND (even when addressed to a VIP), BGP, SSH, health-check replies and any other traffic
+// for the box itself stay with the kernel, so the interface keeps working as a normal interface
+// while fwd runs. A VIP frame arriving on a queue without a socket in
 // `xsks` is passed too (bpf_redirect_map's fallback) and counted apart, so a misconfigured queue
 // shows up in the counters instead of silently black-holing traffic.
 //

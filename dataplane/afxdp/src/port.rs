@@ -146,6 +146,9 @@ pub struct PortStats {
     pub tx_ring_full: u64,
     /// RX descriptors outside the UMEM or for a frame this port already held: skipped.
     pub bad_rx_descs: u64,
+    /// Frames the pipeline removed from the batch or moved to another position: recycled, since
+    /// verdicts belong to positions (never happens with fwd's pipeline).
+    pub batch_altered: u64,
     /// Frames that could not be put back on the fill ring (cannot happen, see `tx_ring_full`).
     pub lost_frames: u64,
     /// `sendto()` kicks of the TX ring, and how many failed with something other than EAGAIN.
@@ -338,7 +341,7 @@ impl HeldFrames {
 
 /// A received frame this port holds: its chunk (offset into the UMEM) and its span in the chunk.
 #[derive(Clone, Copy)]
-struct Held {
+struct Span {
     chunk: u64,
     start: u32,
     len: u32,
@@ -414,8 +417,12 @@ impl Port {
         match config.bind_mode {
             BindMode::Copy => Port::open_bound(ifname, &c_name, queue, config, BoundMode::Copy),
             BindMode::ZeroCopy => Port::open_bound(ifname, &c_name, queue, config, BoundMode::ZeroCopy),
-            BindMode::Auto => Port::open_bound(ifname, &c_name, queue, config, BoundMode::ZeroCopy)
-                .or_else(|_| Port::open_bound(ifname, &c_name, queue, config, BoundMode::Copy)),
+            BindMode::Auto => {
+                Port::open_bound(ifname, &c_name, queue, config, BoundMode::ZeroCopy).or_else(|zero_copy| {
+                    eprintln!("fwd-afxdp: {zero_copy}; using copy mode");
+                    Port::open_bound(ifname, &c_name, queue, config, BoundMode::Copy)
+                })
+            }
         }
     }
 
@@ -507,7 +514,7 @@ impl Port {
                     " (another AF_XDP socket is bound to this queue: is another fwd running?)"
                 }
                 (Some(libc::EOPNOTSUPP), BoundMode::ZeroCopy) => {
-                    " (the driver has no zero-copy AF_XDP support: use copy or auto)"
+                    " (the driver has no zero-copy AF_XDP support; copy mode works with any driver)"
                 }
                 (Some(libc::EINVAL), _) => {
                     " (queue out of range for the driver, or frame size not supported)"
@@ -697,10 +704,24 @@ impl Port {
         }
     }
 
+    /// Whether the TX ring holds descriptors the kernel has not consumed yet.
+    #[inline]
+    fn tx_ring_pending(&mut self) -> bool {
+        let tx = self.socket.tx.ptr();
+        // SAFETY: the TX ring is live and only this port produces on it; asking for the whole
+        // ring makes libxdp re-read the kernel's consumer index.
+        unsafe {
+            let size = (*tx).size;
+            xdp::xsk_prod_nb_free(tx, size) < size
+        }
+    }
+
     /// Nothing was received: give the kernel the kicks it may be waiting for.
     #[cold]
     fn idle(&mut self) {
-        if self.tx_in_flight > 0 {
+        // Frames still on the TX ring (a copy-mode sendto sends at most its budget) need another
+        // kick; frames the kernel took but has not completed yet do not.
+        if self.tx_in_flight > 0 && self.tx_ring_pending() {
             self.kick_tx();
         }
         let fill = self.umem.fill.ptr();
@@ -721,9 +742,9 @@ impl Port {
         }
     }
 
-    /// Takes up to `max` descriptors off the RX ring into `held`, claiming their frames.
+    /// Takes up to `max` descriptors off the RX ring into `spans`, claiming their frames.
     #[inline]
-    fn receive(&mut self, max: u32, held: &mut ArrayVec<Held, MAX_BATCH>) -> u32 {
+    fn receive(&mut self, max: u32, spans: &mut ArrayVec<Span, MAX_BATCH>) -> u32 {
         let rx = self.socket.rx.ptr();
         let mut idx = 0u32;
         // SAFETY: the RX ring is live and only this port consumes it.
@@ -735,12 +756,15 @@ impl Port {
             let desc = unsafe { *rx_slot(rx, idx.wrapping_add(i)) };
             let chunk = desc.addr & !offset_mask;
             let start = desc.addr & offset_mask;
-            let fits = chunk + self.frame_size <= umem_len && start + u64::from(desc.len) <= self.frame_size;
+            // Checked: a descriptor is input like any other (start < frame_size, so the second
+            // sum cannot overflow).
+            let fits = chunk.checked_add(self.frame_size).is_some_and(|end| end <= umem_len)
+                && start + u64::from(desc.len) <= self.frame_size;
             // chunk < umem_len <= frame_count * frame_size, so the frame index fits a usize.
             let frame = (chunk / self.frame_size) as usize;
             if fits && self.held.claim(frame) {
                 // received <= max <= MAX_BATCH, so there is always room.
-                let _ = held.try_push(Held { chunk, start: start as u32, len: desc.len });
+                let _ = spans.try_push(Span { chunk, start: start as u32, len: desc.len });
             } else {
                 self.stats.bad_rx_descs += 1;
             }
@@ -753,10 +777,10 @@ impl Port {
 
     /// Puts the `Tx` frames on the TX ring and every other frame back on the fill ring.
     #[inline]
-    fn complete(&mut self, held: &[Held], verdicts: &[Verdict]) {
-        let mut send: ArrayVec<Held, MAX_BATCH> = ArrayVec::new();
+    fn complete(&mut self, spans: &[Span], verdicts: &[Verdict]) {
+        let mut send: ArrayVec<Span, MAX_BATCH> = ArrayVec::new();
         let mut recycle: ArrayVec<u64, MAX_BATCH> = ArrayVec::new();
-        for (h, v) in held.iter().zip(verdicts) {
+        for (h, v) in spans.iter().zip(verdicts) {
             match v {
                 Verdict::Tx if h.len > 0 => {
                     let _ = send.try_push(*h);
@@ -828,42 +852,59 @@ impl PacketIo for Port {
     fn poll(&mut self, max: usize, process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict])) -> usize {
         self.reclaim_completions();
         let max = max.min(MAX_BATCH) as u32;
-        let mut held: ArrayVec<Held, MAX_BATCH> = ArrayVec::new();
-        let received = self.receive(max, &mut held);
+        let mut spans: ArrayVec<Span, MAX_BATCH> = ArrayVec::new();
+        let received = self.receive(max, &mut spans);
         if received == 0 {
             self.idle();
             return 0;
         }
 
         let mut verdicts = [Verdict::Drop(DropReason::Malformed); MAX_BATCH];
-        if !held.is_empty() {
+        if !spans.is_empty() {
             let base = self.umem.area.base.as_ptr();
             let frame_size = self.frame_size as usize;
             let mut batch: Batch<'_> = ArrayVec::new();
-            for h in &held {
-                // SAFETY: `h.chunk + frame_size <= area.len` was checked in `receive`, so the
+            for span in &spans {
+                // SAFETY: `span.chunk + frame_size <= area.len` was checked in `receive`, so the
                 // slice lies inside our live mapping. The slices are pairwise disjoint: each is a
                 // whole chunk, and `receive` admitted a chunk only after flipping its bit in
-                // `held` from free to held, so no chunk appears twice; the bits are cleared only
-                // in `complete`, after `batch` (and every slice in it) is gone. The kernel does
-                // not touch these chunks: they came off the RX ring and are on neither the fill
-                // nor the TX ring until `complete` puts them there. The slices cannot outlive
+                // `self.held` from free to held, so no chunk appears twice; the bits are cleared
+                // only in `complete`, after `batch` (and every slice in it) is gone. The kernel
+                // does not touch these chunks: they came off the RX ring and are on neither the
+                // fill nor the TX ring until `complete` puts them there. The slices cannot outlive
                 // this call: `batch` is local and `process` is generic over its lifetime.
-                let chunk = unsafe { std::slice::from_raw_parts_mut(base.add(h.chunk as usize), frame_size) };
-                if let Some(frame) = Frame::new(chunk, h.start as usize, h.len as usize) {
+                let chunk =
+                    unsafe { std::slice::from_raw_parts_mut(base.add(span.chunk as usize), frame_size) };
+                // Cannot fail: `receive` checked start + len <= frame_size.
+                if let Some(frame) = Frame::new(chunk, span.start as usize, span.len as usize) {
                     let _ = batch.try_push(frame);
                 }
             }
             let n = batch.len();
             process(&mut batch, &mut verdicts[..n]);
-            // Carry the (possibly moved) start and length of every frame back to its chunk.
-            for (h, frame) in held.iter_mut().zip(batch.iter()) {
-                h.start = frame.start() as u32;
-                h.len = frame.len() as u32;
+            // Carry the (possibly moved) start and length of every frame back to its span. A
+            // frame is matched to its span by position, and checked to still be that span's chunk
+            // (by address) so that a batch the pipeline reordered or shortened can never send one
+            // frame's bytes under another's descriptor: such frames are dropped instead.
+            let offset_mask = frame_size - 1;
+            for (i, (span, verdict)) in spans.iter_mut().zip(verdicts.iter_mut()).enumerate() {
+                let offset = batch.get(i).map(|f| (f.data().as_ptr() as usize).wrapping_sub(base as usize));
+                match offset {
+                    Some(offset) if (offset & !offset_mask) as u64 == span.chunk => {
+                        if let Some(frame) = batch.get(i) {
+                            span.start = frame.start() as u32;
+                            span.len = frame.len() as u32;
+                        }
+                    }
+                    _ => {
+                        self.stats.batch_altered += 1;
+                        *verdict = Verdict::Drop(DropReason::Malformed);
+                    }
+                }
             }
             drop(batch);
         }
-        self.complete(&held, &verdicts[..held.len()]);
+        self.complete(&spans, &verdicts[..spans.len()]);
         received as usize
     }
 }
@@ -985,16 +1026,17 @@ mod tests {
         min_headroom: usize,
         max_headroom: usize,
         shifted: u64,
+        xdp_mode: Option<crate::AttachedMode>,
     }
 
     /// In namespace `ns`: attaches the program, opens a port on queue 0, and bounces UDP to the
     /// VIPs until `stop` (or a minute, whichever is first). Every other frame is moved `SHIFT`
     /// bytes into its headroom before it is sent, as an encapsulation would.
-    fn bounce(ns: &str, ready: mpsc::Sender<()>, stop: &AtomicBool) -> BounceRun {
+    fn bounce(ns: &str, setup: Setup, ready: mpsc::Sender<()>, stop: &AtomicBool) -> BounceRun {
         testnet::enter(ns);
         let mut program = XdpProgram::load().unwrap();
-        program.attach(IFACE, AttachMode::Auto).unwrap();
-        let config = PortConfig { frame_count: 256, ..PortConfig::default() };
+        let attached = program.attach(IFACE, setup.xdp_mode).unwrap().mode;
+        let config = PortConfig { frame_count: 256, need_wakeup: setup.need_wakeup, ..PortConfig::default() };
         let mut port = Port::open(IFACE, 0, &config).unwrap();
         program.register_port(&port).unwrap();
         program.sync_vips(&[VIP_V4.parse().unwrap(), VIP_V6.parse().unwrap()]).unwrap();
@@ -1030,20 +1072,40 @@ mod tests {
         }
         run.stats = port.stats();
         run.bound = Some(port.bound_mode());
+        run.xdp_mode = Some(attached);
         run.counters = program.counters().unwrap();
         drop(port);
         drop(program);
         run
     }
 
+    #[derive(Clone, Copy, Debug)]
+    struct Setup {
+        xdp_mode: AttachMode,
+        need_wakeup: bool,
+    }
+
     #[test]
     fn bounces_vip_udp_while_the_kernel_keeps_arp_nd_and_ping() {
+        let run = bounce_scenario(Setup { xdp_mode: AttachMode::Auto, need_wakeup: true });
+        assert_eq!(run.xdp_mode, Some(crate::AttachedMode::Native), "veth has native XDP");
+    }
+
+    #[test]
+    fn bounces_in_generic_mode_without_need_wakeup() {
+        let run = bounce_scenario(Setup { xdp_mode: AttachMode::Generic, need_wakeup: false });
+        assert_eq!(run.xdp_mode, Some(crate::AttachedMode::Generic));
+        assert!(run.stats.tx_kicks >= run.stats.tx_frames.div_ceil(MAX_BATCH as u64), "{run:?}");
+    }
+
+    /// The bounce test proper; returns what the bounce side saw for setup-specific checks.
+    fn bounce_scenario(setup: Setup) -> BounceRun {
         let net = NetnsPair::new();
         let stop = AtomicBool::new(false);
         let (ready_tx, ready_rx) = mpsc::channel();
         let (answered_v4, answered_v6, run) = std::thread::scope(|scope| {
             let _stop_on_failure = StopOnDrop(&stop);
-            let fwd = scope.spawn(|| bounce(&net.a, ready_tx, &stop));
+            let fwd = scope.spawn(|| bounce(&net.a, setup, ready_tx, &stop));
             ready_rx.recv_timeout(Duration::from_secs(30)).expect("the bounce side did not start");
 
             let (v4, v6) = NetnsPair::run_in(&net.b, || (echo_count(VIP_V4), echo_count(VIP_V6)));
@@ -1078,6 +1140,65 @@ mod tests {
             link.get("xdp").is_none(),
             "no XDP program left after the port and program are dropped: {link}"
         );
+        run
+    }
+
+    #[test]
+    fn a_reordered_batch_is_dropped_not_sent_under_the_wrong_descriptors() {
+        const SENT: usize = 4;
+        let net = NetnsPair::new();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (sent_tx, sent_rx) = mpsc::channel::<()>();
+        let (batch_len, stats) = std::thread::scope(|scope| {
+            let net = &net;
+            let fwd = scope.spawn(move || {
+                testnet::enter(&net.a);
+                let mut program = XdpProgram::load().unwrap();
+                program.attach(IFACE, AttachMode::Auto).unwrap();
+                let config = PortConfig { frame_count: 256, ..PortConfig::default() };
+                let mut port = Port::open(IFACE, 0, &config).unwrap();
+                program.register_port(&port).unwrap();
+                program.sync_vips(&[VIP_V4.parse().unwrap()]).unwrap();
+                ready_tx.send(()).unwrap();
+                sent_rx.recv_timeout(Duration::from_secs(30)).expect("the sender did not finish");
+                let mut batch_len = 0;
+                port.poll(MAX_BATCH, &mut |batch, verdicts| {
+                    batch_len = batch.len();
+                    batch.reverse();
+                    verdicts.fill(Verdict::Tx);
+                });
+                (batch_len, port.stats())
+            });
+            ready_rx.recv_timeout(Duration::from_secs(30)).expect("the port side did not start");
+            // Resolve ARP first, so that every datagram is on the RX ring when `send` returns.
+            testnet::run("ip", &["netns", "exec", &net.b, "ping", "-c", "1", "-W", "2", A_V4]);
+            NetnsPair::run_in(&net.b, || {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                for i in 0..SENT {
+                    socket.send_to(&[i as u8; 16], (VIP_V4, ECHO_PORT)).unwrap();
+                }
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            sent_tx.send(()).unwrap();
+            fwd.join().expect("port thread")
+        });
+        assert_eq!(batch_len, SENT, "all datagrams in one batch: {stats:?}");
+        // Reversing an even number of frames moves every one of them.
+        assert_eq!(
+            (stats.batch_altered, stats.tx_frames, stats.drop_recycled),
+            (SENT as u64, 0, SENT as u64)
+        );
+    }
+
+    #[test]
+    fn held_frames_admit_each_frame_once() {
+        let mut held = HeldFrames::new(128);
+        assert!(held.claim(0) && held.claim(127) && held.claim(64));
+        assert!(!held.claim(127), "a frame already held is refused");
+        assert!(!held.claim(128), "out of range is refused");
+        held.release(127);
+        held.release(4096); // out of range: ignored
+        assert!(held.claim(127));
     }
 
     #[test]
@@ -1103,6 +1224,55 @@ mod tests {
         let zero_copy = PortConfig { bind_mode: BindMode::ZeroCopy, ..PortConfig::default() };
         let refused = NetnsPair::run_in(&net.a, || Port::open(IFACE, 0, &zero_copy).unwrap_err());
         assert!(matches!(refused, PortError::Bind { mode: BoundMode::ZeroCopy, .. }), "{refused:?}");
+    }
+
+    /// Runs twice: as root it starts a copy of this test binary as `nobody` with RLIMIT_MEMLOCK
+    /// at 1 MiB (prlimit + setpriv), which then runs this same test as the child.
+    #[test]
+    fn memlock_error_names_ulimit_when_the_limit_cannot_be_raised() {
+        const CHILD: &str = "FWD_AFXDP_MEMLOCK_CHILD";
+        const TEST: &str = "port::tests::memlock_error_names_ulimit_when_the_limit_cannot_be_raised";
+        if std::env::var_os(CHILD).is_some() {
+            let config = PortConfig { frame_count: 4096, frame_size: 4096, ..PortConfig::default() };
+            let err = Port::open("lo", 0, &config).unwrap_err();
+            println!("child error: {err}");
+            assert!(matches!(err, PortError::Memlock { needed: 16777216, soft: 1048576, hard: 1048576, .. }));
+            return;
+        }
+        testnet::require_root();
+        // A copy nobody can read and run, wherever the target directory is.
+        let dir = std::env::temp_dir().join(format!("fwdt-memlock-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("test-binary");
+        std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let output = std::process::Command::new("prlimit")
+            .args([
+                "--memlock=1048576:1048576",
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+            ])
+            .arg(&exe)
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = output.expect("cannot run prlimit/setpriv (util-linux)");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
+        assert!(
+            stdout.contains(
+                "cannot lock 16777216 bytes of UMEM for `lo` queue 0: RLIMIT_MEMLOCK is 1048576 bytes \
+                 (hard limit 1048576 bytes) and this process may not raise it; run as root, or raise it \
+                 with `ulimit -l unlimited`"
+            ),
+            "{stdout}"
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 #![forbid(unsafe_code)]
 
 mod cmd;
+mod forwarder;
+mod netinfo;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -9,9 +11,13 @@ use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
 #[command(name = "fwd", version, about = "L4 load balancer: AF_XDP data plane, Maglev, direct server return")]
+#[command(args_conflicts_with_subcommands = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    /// Without a command: run the forwarder (`fwd --nic IF --cores C --config FILE`).
+    #[command(flatten)]
+    run: forwarder::Args,
 }
 
 #[derive(Subcommand, Debug)]
@@ -30,15 +36,19 @@ fn main() -> ExitCode {
         Err(e) => {
             // `{:#}` prints the whole chain of causes on one line, without a backtrace.
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            match e.downcast_ref::<forwarder::ExitWith>() {
+                Some(forwarder::ExitWith(code, _)) => ExitCode::from(*code),
+                None => ExitCode::FAILURE,
+            }
         }
     }
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::CheckConfig(args) => Ok(cmd::check_config::run(&args)),
-        Command::Which(args) => cmd::which::run(&args).map(|()| ExitCode::SUCCESS),
-        Command::Table(args) => cmd::table::run(&args).map(|()| ExitCode::SUCCESS),
+        None => forwarder::run(&cli.run).map(|()| ExitCode::SUCCESS),
+        Some(Command::CheckConfig(args)) => Ok(cmd::check_config::run(&args)),
+        Some(Command::Which(args)) => cmd::which::run(&args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Table(args)) => cmd::table::run(&args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -15,5 +15,6 @@ pub mod icmp;
 pub mod io;
 pub mod maglev;
 pub mod parse;
+pub mod pipeline;
 pub mod rewrite;
 pub mod snapshot;

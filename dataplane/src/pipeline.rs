@@ -1,0 +1,393 @@
+//! The per-packet pipeline: parse, classify, track, pick, rewrite, for one batch at a time.
+//!
+//! A [`Worker`] owns everything it writes (connection table, counters, ICMP budget) and reads one
+//! [`Snapshot`] per batch. A batch runs in two passes, as DPDK's and VPP's loops do: the first
+//! parses every frame, finds its service and computes its flow hash, and prefetches the
+//! connection-table bucket; the second, by which time those buckets are on their way into the
+//! cache, looks up or picks the backend and rewrites the frame. Every frame ends with exactly one
+//! [`Verdict`]; every drop is counted under its [`DropReason`].
+//!
+//! Placement rules, in order:
+//! 1. Not IPv4/IPv6, or not addressed to a VIP: pass to the kernel.
+//! 2. Echo requests to a VIP are answered here (if configured); other ICMP errors to a VIP quote a
+//!    flow that one of our backends sent (a "too big" from a router on the way to the client):
+//!    they go to the backend of that flow, found by reversing the quoted tuple.
+//! 3. Fragments go to the one service of their (VIP, protocol), hashed on the 3-tuple, or are
+//!    dropped, as the service's fragment policy says.
+//! 4. TCP/UDP: the service of (VIP, protocol, port); a tracked flow keeps its backend while that
+//!    backend is still in the service and not down (drained backends keep their flows); otherwise
+//!    the Maglev table (or the fallback's, if no backend is up) picks one and the flow is tracked.
+
+use crate::conntrack::{ConnTable, ConnValue, Timeouts};
+use crate::counters::{DropReason, WorkerCounters};
+use crate::flow::FlowKey;
+use crate::frame::Frame;
+use crate::hash::flow_hash;
+use crate::icmp;
+use crate::io::{Batch, Verdict, MAX_BATCH};
+use crate::parse::{parse, L4Meta, ParsedFrame};
+use crate::rewrite::{encap_gue, encap_ipip, encap_overhead, rewrite_l2, Macs, Tunnel};
+use crate::snapshot::{BackendIdx, ForwardMode, FragmentPolicy, Snapshot, VipMatch};
+
+/// Sizing of a worker's state, from the config.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WorkerConfig {
+    pub conn_capacity: usize,
+    pub timeouts: Timeouts,
+}
+
+/// Packets and bytes sent to one backend by one worker.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendCounters {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// A token bucket refilled from the batch clock: generated ICMP errors per worker and second.
+/// It holds at most one second's worth and starts full.
+#[derive(Debug)]
+struct IcmpBudget {
+    tokens: u32,
+    last_refill_ms: u64,
+    primed: bool,
+}
+
+impl IcmpBudget {
+    fn take(&mut self, rate_per_sec: u32, now_ms: u64) -> bool {
+        if !self.primed {
+            self.primed = true;
+            self.tokens = rate_per_sec;
+            self.last_refill_ms = now_ms;
+        }
+        let elapsed = now_ms.saturating_sub(self.last_refill_ms);
+        if elapsed > 0 {
+            let add = (elapsed.saturating_mul(u64::from(rate_per_sec)) / 1000).min(u64::from(u32::MAX));
+            if add > 0 {
+                self.tokens = self.tokens.saturating_add(add as u32).min(rate_per_sec);
+                self.last_refill_ms = now_ms;
+            }
+        }
+        if self.tokens > 0 {
+            self.tokens -= 1;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// What the first pass learned about a frame.
+#[derive(Clone, Copy, Debug)]
+enum Step {
+    Done(Verdict),
+    /// An echo request to a VIP, to answer.
+    Echo(ParsedFrame),
+    /// Forward along a flow of `service`.
+    Forward {
+        parsed: ParsedFrame,
+        service: u32,
+        key: FlowKey,
+        hash: u64,
+        tcp_flags: Option<u8>,
+        /// Track the flow if it is new (not for ICMP errors, which only follow flows).
+        track: bool,
+    },
+}
+
+/// One worker's pipeline and state.
+#[derive(Debug)]
+pub struct Worker {
+    conns: ConnTable,
+    counters: WorkerCounters,
+    backend_counters: Vec<BackendCounters>,
+    icmp_budget: IcmpBudget,
+}
+
+impl Worker {
+    /// Allocates the connection table and counters: everything the worker will ever need.
+    pub fn new(config: WorkerConfig) -> Self {
+        Worker {
+            conns: ConnTable::new(config.conn_capacity.max(1), config.timeouts),
+            counters: WorkerCounters::default(),
+            backend_counters: Vec::new(),
+            icmp_budget: IcmpBudget { tokens: 0, last_refill_ms: 0, primed: false },
+        }
+    }
+
+    pub fn counters(&self) -> &WorkerCounters {
+        &self.counters
+    }
+
+    /// Per-backend counters, indexed like [`Snapshot::backends`].
+    pub fn backend_counters(&self) -> &[BackendCounters] {
+        &self.backend_counters
+    }
+
+    pub fn conns(&self) -> &ConnTable {
+        &self.conns
+    }
+
+    /// Counts a poll that received nothing (for the busy ratio).
+    pub fn note_empty_poll(&mut self) {
+        self.counters.empty_polls += 1;
+    }
+
+    /// Decides every frame of `batch`, rewriting in place; `verdicts[i]` is frame `i`'s fate.
+    /// `now_ms` is the batch clock (milliseconds since the worker started).
+    pub fn process_batch(
+        &mut self,
+        snap: &Snapshot,
+        batch: &mut Batch<'_>,
+        verdicts: &mut [Verdict],
+        now_ms: u64,
+    ) {
+        if self.backend_counters.len() < snap.backends.len() {
+            // Only when a publish added backends: per snapshot, never per packet.
+            self.backend_counters.resize(snap.backends.len(), BackendCounters::default());
+        }
+        self.counters.batches += 1;
+        let n = batch.len().min(verdicts.len()).min(MAX_BATCH);
+        let mut steps = [Step::Done(Verdict::Pass); MAX_BATCH];
+        for (frame, step) in batch.iter().take(n).zip(steps.iter_mut()) {
+            self.counters.rx_packets += 1;
+            self.counters.rx_bytes += frame.len() as u64;
+            *step = self.classify(snap, frame.data());
+            if let Step::Forward { hash, .. } = step {
+                self.conns.prefetch(*hash);
+            }
+        }
+        for ((frame, step), verdict) in batch.iter_mut().take(n).zip(steps.iter()).zip(verdicts.iter_mut()) {
+            *verdict = match *step {
+                Step::Done(v) => v,
+                Step::Echo(parsed) => self.answer_echo(snap, frame, &parsed, now_ms),
+                Step::Forward { parsed, service, key, hash, tcp_flags, track } => {
+                    match self.forward(snap, frame, &parsed, service, &key, hash, tcp_flags, track, now_ms) {
+                        Ok(()) => Verdict::Tx,
+                        Err(reason) => Verdict::Drop(reason),
+                    }
+                }
+            };
+            match *verdict {
+                Verdict::Tx => {
+                    self.counters.tx_packets += 1;
+                    self.counters.tx_bytes += frame.len() as u64;
+                }
+                Verdict::Pass => self.counters.pass += 1,
+                Verdict::Drop(reason) => self.counters.drop(reason),
+            }
+        }
+    }
+
+    /// First pass: parse and find the service and flow; no state is touched but counters.
+    fn classify(&self, snap: &Snapshot, data: &[u8]) -> Step {
+        let parsed = match parse(data) {
+            Ok(Some(p)) => p,
+            Ok(None) => return Step::Done(Verdict::Pass),
+            Err(reason) => return Step::Done(Verdict::Drop(reason)),
+        };
+        let ip = &parsed.ip;
+        if !snap.is_vip(&ip.dst) {
+            return Step::Done(Verdict::Pass);
+        }
+        if ip.ttl == 0 {
+            return Step::Done(Verdict::Drop(DropReason::TtlExceeded));
+        }
+        if ip.fragment.is_some() {
+            return classify_fragment(snap, parsed);
+        }
+        match parsed.l4 {
+            L4Meta::Tcp { src_port, dst_port, flags } => {
+                let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
+                flow_step(snap, parsed, key, Some(flags), true)
+            }
+            L4Meta::Udp { src_port, dst_port } => {
+                let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
+                flow_step(snap, parsed, key, None, true)
+            }
+            // Answered in the second pass, where the ICMP budget and the frame are at hand.
+            L4Meta::IcmpEchoRequest if snap.local.answer_echo => Step::Echo(parsed),
+            L4Meta::IcmpEchoRequest => Step::Done(Verdict::Pass),
+            L4Meta::IcmpError { quoted } => {
+                // The quoted packet went from the VIP to the client: the flow is its reverse.
+                if quoted.src != ip.dst {
+                    return Step::Done(Verdict::Drop(DropReason::IcmpUnmatched));
+                }
+                let key = FlowKey {
+                    src: quoted.dst,
+                    dst: quoted.src,
+                    src_port: quoted.dst_port,
+                    dst_port: quoted.src_port,
+                    proto: quoted.proto,
+                };
+                match flow_step(snap, parsed, key, None, false) {
+                    Step::Done(Verdict::Drop(DropReason::NoService)) => {
+                        Step::Done(Verdict::Drop(DropReason::IcmpUnmatched))
+                    }
+                    step => step,
+                }
+            }
+            L4Meta::IcmpOther | L4Meta::Other | L4Meta::Fragment => {
+                Step::Done(Verdict::Drop(DropReason::UnsupportedProtocol))
+            }
+        }
+    }
+
+    /// Answers an echo request to a VIP in place, within the ICMP budget.
+    fn answer_echo(
+        &mut self,
+        snap: &Snapshot,
+        frame: &mut Frame<'_>,
+        p: &ParsedFrame,
+        now_ms: u64,
+    ) -> Verdict {
+        if !self.icmp_budget.take(snap.local.icmp_rate_per_sec, now_ms) {
+            return Verdict::Drop(DropReason::IcmpRateLimited);
+        }
+        match icmp::echo_reply(frame, p.l3_offset, p.ip.l4_offset, p.ip.packet_len, p.ip.is_v6) {
+            Ok(()) => {
+                self.counters.icmp_generated += 1;
+                Verdict::Tx
+            }
+            Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    /// Second pass: pick the backend (tracked or by Maglev) and rewrite the frame towards it.
+    #[allow(clippy::too_many_arguments)]
+    fn forward(
+        &mut self,
+        snap: &Snapshot,
+        frame: &mut Frame<'_>,
+        parsed: &ParsedFrame,
+        service: u32,
+        key: &FlowKey,
+        hash: u64,
+        tcp_flags: Option<u8>,
+        track: bool,
+        now_ms: u64,
+    ) -> Result<(), DropReason> {
+        let backend_idx = self.pick_backend(snap, service, key, hash, tcp_flags, track, now_ms)?;
+        let backend = snap.backends.get(backend_idx as usize).ok_or(DropReason::NoBackend)?;
+        let next_hop = backend.next_hop_mac.ok_or(DropReason::NextHopUnresolved)?;
+        let macs = Macs { dst: next_hop, src: snap.local.mac };
+        let ip = &parsed.ip;
+        match backend.mode {
+            ForwardMode::L2 => rewrite_l2(frame, macs)?,
+            mode => {
+                let gue = mode == ForwardMode::Gue;
+                let outer_v6 = backend.addr.is_ipv6();
+                let overhead = encap_overhead(gue, outer_v6);
+                if ip.packet_len + overhead > usize::from(snap.local.mtu) {
+                    return self.too_big(snap, frame, parsed, overhead, now_ms);
+                }
+                let src = snap.local.tunnel_source(outer_v6, hash).ok_or(DropReason::NoTunnelSource)?;
+                let tunnel = Tunnel { src, dst: backend.addr };
+                if gue {
+                    encap_gue(
+                        frame,
+                        parsed.l3_offset,
+                        ip.packet_len,
+                        ip.is_v6,
+                        tunnel,
+                        hash,
+                        snap.local.gue_port,
+                        macs,
+                    )?
+                } else {
+                    encap_ipip(frame, parsed.l3_offset, ip.packet_len, ip.is_v6, tunnel, hash, macs)?
+                }
+            }
+        }
+        if let Some(c) = self.backend_counters.get_mut(backend_idx as usize) {
+            c.packets += 1;
+            c.bytes += frame.len() as u64;
+        }
+        Ok(())
+    }
+
+    /// The backend for a flow: its tracked one if still valid, else the Maglev pick (tracked).
+    #[allow(clippy::too_many_arguments)]
+    fn pick_backend(
+        &mut self,
+        snap: &Snapshot,
+        service: u32,
+        key: &FlowKey,
+        hash: u64,
+        tcp_flags: Option<u8>,
+        track: bool,
+        now_ms: u64,
+    ) -> Result<BackendIdx, DropReason> {
+        if let Some(v) = self.conns.lookup(key, hash, now_ms, tcp_flags) {
+            if snap.tracked_backend(v.backend, v.tag).is_some_and(|b| b.service == service) {
+                return Ok(v.backend);
+            }
+        }
+        let idx = snap.maglev_pick(service, hash).ok_or(DropReason::NoBackend)?;
+        let backend = snap.backends.get(idx as usize).ok_or(DropReason::NoBackend)?;
+        if track {
+            self.conns.insert(key, hash, ConnValue { backend: idx, tag: backend.tag }, now_ms, tcp_flags);
+        }
+        Ok(idx)
+    }
+
+    /// The packet cannot be forwarded whole: tell the client (IPv4 with DF, and IPv6) or drop.
+    fn too_big(
+        &mut self,
+        snap: &Snapshot,
+        frame: &mut Frame<'_>,
+        parsed: &ParsedFrame,
+        overhead: usize,
+        now_ms: u64,
+    ) -> Result<(), DropReason> {
+        let ip = &parsed.ip;
+        // fwd never fragments: an IPv4 packet without DF is dropped, as a router without
+        // fragmentation support would.
+        if !ip.dont_fragment {
+            return Err(DropReason::TooBig);
+        }
+        // Never answer an ICMP error with an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4).
+        if matches!(parsed.l4, L4Meta::IcmpError { .. }) {
+            return Err(DropReason::TooBig);
+        }
+        if !self.icmp_budget.take(snap.local.icmp_rate_per_sec, now_ms) {
+            return Err(DropReason::IcmpRateLimited);
+        }
+        let mtu = usize::from(snap.local.mtu).saturating_sub(overhead);
+        icmp::too_big(frame, parsed.l3_offset, ip.packet_len, ip.is_v6, mtu as u16)?;
+        self.counters.icmp_generated += 1;
+        Ok(())
+    }
+}
+
+/// The step for a TCP/UDP flow (or an ICMP error following one) to `key.dst`.
+fn flow_step(snap: &Snapshot, parsed: ParsedFrame, key: FlowKey, tcp_flags: Option<u8>, track: bool) -> Step {
+    let service = match snap.lookup(&key.dst, key.proto, key.dst_port) {
+        VipMatch::Service(i) => i,
+        VipMatch::VipOnly => return Step::Done(Verdict::Drop(DropReason::NoService)),
+        VipMatch::NotVip => return Step::Done(Verdict::Pass),
+    };
+    let key = snap.service_flow_key(service, key);
+    Step::Forward { parsed, service, key, hash: flow_hash(&key), tcp_flags, track }
+}
+
+fn classify_fragment(snap: &Snapshot, parsed: ParsedFrame) -> Step {
+    let ip = &parsed.ip;
+    let Some(service) = snap.fragment_service(&ip.dst, ip.proto) else {
+        return Step::Done(Verdict::Drop(match crate::flow::L4Proto::from_number(ip.proto) {
+            Some(_) => DropReason::FragmentPolicy,
+            None => DropReason::UnsupportedProtocol,
+        }));
+    };
+    match snap.services.get(service as usize) {
+        Some(svc) if svc.fragments == FragmentPolicy::Hash3Tuple => {
+            let key = FlowKey::v6(ip.src, ip.dst, ip.proto, 0, 0);
+            // Fragments are not tracked: the 3-tuple hash already sends them all to one backend,
+            // and tracking them would fill the table with one entry per datagram source.
+            Step::Forward { parsed, service, key, hash: flow_hash(&key), tcp_flags: None, track: false }
+        }
+        _ => Step::Done(Verdict::Drop(DropReason::FragmentPolicy)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -105,10 +105,9 @@ impl MaglevTable {
             .collect();
         // Canonical turn order: by key, so the config's order does not matter.
         claimants.sort_unstable_by_key(|c| members[usize::from(c.member)].key);
-        if let Some(pair) = claimants
-            .windows(2)
-            .find(|w| members[usize::from(w[0].member)].key == members[usize::from(w[1].member)].key)
-        {
+        if let Some(pair) = claimants.windows(2).find(|w| {
+            members[usize::from(w[0].member)].key == members[usize::from(w[1].member)].key
+        }) {
             return Err(MaglevError::DuplicateMember(members[usize::from(pair[0].member)].key));
         }
         if claimants.is_empty() {

@@ -199,8 +199,7 @@ impl Snapshot {
         let mut vips = FxHashMap::default();
         for (i, s) in services.iter().enumerate() {
             let addr = ip_to_16(s.key.vip);
-            exact
-                .entry(ExactKey { addr, proto: s.key.proto.number(), port: s.key.port.unwrap_or(0) })
+            exact.entry(ExactKey { addr, proto: s.key.proto.number(), port: s.key.port.unwrap_or(0) })
                 .or_insert(i as u32);
             *vips.entry(addr).or_insert(0) += 1;
         }

@@ -135,33 +135,30 @@ fn lookup_hits(c: &mut Criterion, entries: usize) {
         })
     });
 
-    let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
-    group.bench_function("ConnTable", |b| {
-        b.iter_custom(|iters| {
-            cpu_time(iters, || {
-                for k in &hit_keys[cursor.next_batch()] {
-                    black_box(table.lookup(k, flow_hash(k), now, Some(0x10)));
-                }
+    // The batch loop of a worker: hash the batch, optionally prefetch it, then look it up.
+    for prefetch in [false, true] {
+        let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
+        let name = if prefetch { "ConnTable prefetch" } else { "ConnTable" };
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                cpu_time(iters, || {
+                    let batch = &hit_keys[cursor.next_batch()];
+                    let mut hashes = [0u64; BATCH];
+                    for (h, k) in hashes.iter_mut().zip(batch) {
+                        *h = flow_hash(k);
+                    }
+                    if prefetch {
+                        for h in &hashes {
+                            table.prefetch(*h);
+                        }
+                    }
+                    for (h, k) in hashes.iter().zip(batch) {
+                        black_box(table.lookup(k, *h, now, Some(0x10)));
+                    }
+                })
             })
-        })
-    });
-
-    let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
-    group.bench_function("ConnTable prefetch", |b| {
-        b.iter_custom(|iters| {
-            cpu_time(iters, || {
-                let batch = &hit_keys[cursor.next_batch()];
-                let mut hashes = [0u64; BATCH];
-                for (h, k) in hashes.iter_mut().zip(batch) {
-                    *h = flow_hash(k);
-                    table.prefetch(*h);
-                }
-                for (h, k) in hashes.iter().zip(batch) {
-                    black_box(table.lookup(k, *h, now, Some(0x10)));
-                }
-            })
-        })
-    });
+        });
+    }
 
     let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
     group.bench_function("std HashMap", |b| {

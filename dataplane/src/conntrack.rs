@@ -9,18 +9,22 @@
 //!
 //! The table is set-associative, like a CPU cache: a flow can live only in the 8 slots of the
 //! bucket picked by the high 32 bits of its flow hash (the low 32 bits pick the Maglev slot, see
-//! [`crate::hash::reduce`], so the two stay independent). Each bucket is split in two parts kept in
-//! separate arrays:
+//! [`crate::hash::reduce`], so the two stay independent). A bucket is 448 bytes (7 cache lines,
+//! 56 bytes per entry), aligned on a cache line:
 //!
-//! * a 64-byte *header* (one cache line): per slot a 32-bit word holding a 30-bit signature taken
-//!   from the low hash bits plus a 2-bit state (0 = empty), and the 32-bit last-seen time. A lookup
-//!   compares the 8 signatures at once and an insert picks its victim (empty, then expired, then
-//!   least recently used) without leaving this line;
-//! * 8 entries of 48 bytes (key and value), read only for the slot whose signature matched.
+//! * a 64-byte header line: per slot a 32-bit word holding a 30-bit signature taken from the low
+//!   hash bits plus a 2-bit state (0 = empty), and the 32-bit last-seen time. A lookup compares
+//!   the 8 signatures at once and an insert picks its victim (empty, then expired, then least
+//!   recently used) without leaving this line;
+//! * 8 entries of 48 bytes (the full key and the value), read only for a slot whose signature
+//!   matched: a hit reads the header line and one entry (one or two lines), a miss nearly always
+//!   the header line alone.
 //!
-//! Keeping the headers in their own contiguous array means a miss (a new flow, or a SYN flood)
-//! costs one cache line, the headers of a large table (an eighth of its memory) stay warmer in the
-//! caches than the entries, and the expiry sweep below walks memory sequentially.
+//! Header and entries share one array rather than two: on a table far larger than the caches
+//! (and the TLB) the entries then sit in the same 4 KiB page as their header, so a lookup walks
+//! the page tables once, not twice. Measured at 1 000 000 entries, batches of 32 lookups took
+//! about 30% less time (without prefetching) this way than with the headers in an array of their
+//! own.
 //!
 //! # Time
 //!
@@ -111,16 +115,18 @@ const EMPTY_ENTRY: Entry = Entry {
     value: ConnValue { backend: 0, tag: 0 },
 };
 
-/// One bucket's keys and values, aligned so a bucket starts on a cache line.
+/// One bucket: its header line, then its 8 entries; 448 bytes, starting on a cache line.
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
-struct EntryBucket([Entry; WAYS]);
+struct Bucket {
+    header: BucketHeader,
+    entries: [Entry; WAYS],
+}
 
 /// A fixed-capacity, set-associative connection table owned by one worker.
 #[derive(Debug)]
 pub struct ConnTable {
-    headers: Box<[BucketHeader]>,
-    entries: Box<[EntryBucket]>,
+    buckets: Box<[Bucket]>,
     /// Bucket count - 1 (the bucket count is a power of two).
     bucket_mask: usize,
     /// Idle timeout per state, indexed by the 2-bit state.
@@ -177,8 +183,8 @@ impl ConnTable {
     pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
         let buckets = bucket_count_for(capacity);
         ConnTable {
-            headers: vec![BucketHeader::default(); buckets].into_boxed_slice(),
-            entries: vec![EntryBucket([EMPTY_ENTRY; WAYS]); buckets].into_boxed_slice(),
+            buckets: vec![Bucket { header: BucketHeader::default(), entries: [EMPTY_ENTRY; WAYS] }; buckets]
+                .into_boxed_slice(),
             bucket_mask: buckets - 1,
             timeout_by_state: [0, timeouts.tcp_established_ms, timeouts.tcp_closing_ms, timeouts.udp_ms],
             sweep_cursor: 0,
@@ -188,7 +194,7 @@ impl ConnTable {
 
     /// The number of entries the table holds when every bucket is full.
     pub fn capacity(&self) -> usize {
-        self.headers.len() * WAYS
+        self.buckets.len() * WAYS
     }
 
     #[inline(always)]
@@ -218,7 +224,7 @@ impl ConnTable {
         let now = now_ms as u32;
         let b = self.bucket_index(hash);
         let sig = signature(hash);
-        let (Some(header), Some(bucket)) = (self.headers.get_mut(b), self.entries.get(b)) else {
+        let Some(Bucket { header, entries }) = self.buckets.get_mut(b) else {
             self.stats.misses += 1;
             return None;
         };
@@ -226,7 +232,7 @@ impl ConnTable {
         while candidates != 0 {
             let slot = candidates.trailing_zeros() as usize % WAYS;
             candidates &= candidates - 1;
-            let Some(entry) = bucket.0.get(slot) else { break };
+            let Some(entry) = entries.get(slot) else { break };
             if entry.key != *key {
                 continue;
             }
@@ -270,13 +276,13 @@ impl ConnTable {
         let sig = signature(hash);
         self.stats.inserts += 1;
         let timeouts = self.timeout_by_state;
-        if let (Some(header), Some(bucket)) = (self.headers.get_mut(b), self.entries.get_mut(b)) {
+        if let Some(Bucket { header, entries }) = self.buckets.get_mut(b) {
             let mut existing = None;
             let mut candidates = signature_matches(header, sig);
             while candidates != 0 {
                 let slot = candidates.trailing_zeros() as usize % WAYS;
                 candidates &= candidates - 1;
-                if bucket.0.get(slot).is_some_and(|e| e.key == *key) {
+                if entries.get(slot).is_some_and(|e| e.key == *key) {
                     existing = Some(slot);
                     break;
                 }
@@ -300,7 +306,7 @@ impl ConnTable {
             } % WAYS;
             header.words[slot] = sig | state;
             header.last_seen[slot] = now;
-            if let Some(entry) = bucket.0.get_mut(slot) {
+            if let Some(entry) = entries.get_mut(slot) {
                 *entry = Entry { key: *key, value };
             }
         }
@@ -347,7 +353,7 @@ impl ConnTable {
         let b = self.sweep_cursor & self.bucket_mask;
         self.sweep_cursor = b.wrapping_add(1);
         let timeouts = self.timeout_by_state;
-        if let Some(header) = self.headers.get_mut(b) {
+        if let Some(Bucket { header, .. }) = self.buckets.get_mut(b) {
             for slot in 0..WAYS {
                 let word = header.words[slot];
                 let idle = now.wrapping_sub(header.last_seen[slot]);
@@ -363,14 +369,14 @@ impl ConnTable {
     pub fn remove(&mut self, key: &FlowKey, hash: u64) -> bool {
         let b = self.bucket_index(hash);
         let sig = signature(hash);
-        let (Some(header), Some(bucket)) = (self.headers.get_mut(b), self.entries.get(b)) else {
+        let Some(Bucket { header, entries }) = self.buckets.get_mut(b) else {
             return false;
         };
         let mut candidates = signature_matches(header, sig);
         while candidates != 0 {
             let slot = candidates.trailing_zeros() as usize % WAYS;
             candidates &= candidates - 1;
-            if bucket.0.get(slot).is_some_and(|e| e.key == *key) {
+            if entries.get(slot).is_some_and(|e| e.key == *key) {
                 header.words[slot] = STATE_EMPTY;
                 return true;
             }
@@ -381,9 +387,9 @@ impl ConnTable {
     /// Entries not expired as of `now_ms`. Walks the whole table: for stats, not per packet.
     pub fn count_live(&self, now_ms: u64) -> usize {
         let now = now_ms as u32;
-        self.headers
+        self.buckets
             .iter()
-            .flat_map(|h| h.words.iter().zip(h.last_seen.iter()))
+            .flat_map(|b| b.header.words.iter().zip(b.header.last_seen.iter()))
             .filter(|&(&word, &last_seen)| word != STATE_EMPTY && !self.is_expired(word, last_seen, now))
             .count()
     }
@@ -392,23 +398,32 @@ impl ConnTable {
         self.stats
     }
 
-    /// Starts loading the flow's bucket header into the cache, so that a lookup a few packets
-    /// later does not wait for memory. Call it for a batch of packets before looking them up.
+    /// Starts loading the flow's bucket into the cache, so that its lookup a few packets later
+    /// does not wait for memory. Call it for a whole batch of hashes before looking them up.
     ///
-    /// Stable Rust has no safe prefetch instruction (`_mm_prefetch` needs `unsafe` outside a
-    /// `#[target_feature]` function and `core::hint::prefetch_read` is unstable), so this issues an
-    /// ordinary load whose value is discarded: the out-of-order core keeps going while the line
-    /// arrives, which overlaps the misses of a batch like a prefetch would.
+    /// Stable Rust has no safe prefetch instruction: `_mm_prefetch` is a `#[target_feature]`
+    /// function, which needs `unsafe` to call from code not compiled for that feature even though
+    /// SSE is baseline on x86_64, and `core::hint::prefetch_read` is unstable. So this issues an
+    /// ordinary load of the bucket's header line and discards the value; the out-of-order core
+    /// goes on with the next packets while the line (and the page's TLB entry, which the entries
+    /// share) arrives, which overlaps the misses of a batch much like a prefetch. Measured with
+    /// batches of 32 (`benches/conntrack.rs`): at 1 000 000 entries 20-25% less time per packet
+    /// than without it, and within 10% of what `_mm_prefetch` gave in an unsafe copy of this
+    /// table; at 10 000 entries (cache-resident) it changes little. Loading all seven lines of the
+    /// bucket instead gained another 10% at 1 000 000 entries but cost 10% at 10 000, so only the
+    /// header line is touched.
     #[inline]
     pub fn prefetch(&self, hash: u64) {
-        if let Some(header) = self.headers.get(self.bucket_index(hash)) {
-            black_box(header.words[0]);
+        if let Some(bucket) = self.buckets.get(self.bucket_index(hash)) {
+            black_box(bucket.header.words[0]);
         }
     }
 
     /// Removes every entry. Statistics are kept.
     pub fn clear(&mut self) {
-        self.headers.fill(BucketHeader::default());
+        for bucket in self.buckets.iter_mut() {
+            bucket.header = BucketHeader::default();
+        }
         self.sweep_cursor = 0;
     }
 }
@@ -454,8 +469,8 @@ mod tests {
     fn layout_is_compact() {
         assert_eq!(std::mem::size_of::<BucketHeader>(), 64);
         assert_eq!(std::mem::size_of::<Entry>(), 48);
-        assert_eq!(std::mem::size_of::<EntryBucket>(), 8 * 48);
-        assert_eq!(std::mem::align_of::<EntryBucket>(), 64);
+        assert_eq!(std::mem::size_of::<Bucket>(), 64 + 8 * 48);
+        assert_eq!(std::mem::align_of::<Bucket>(), 64);
     }
 
     #[test]
@@ -559,9 +574,9 @@ mod tests {
         let bucket = 100;
         let keys: Vec<FlowKey> = (0..10).map(tcp).collect();
         let hash = |i: usize| hash_in_bucket(&keys[i], bucket);
-        for i in 0..8 {
+        for (i, key) in keys.iter().enumerate().take(8) {
             let flags = if i == 4 { FIN_ACK } else { TCP_SYN };
-            t.insert(&keys[i], hash(i), value(i as u32), 10 * i as u64, Some(flags));
+            t.insert(key, hash(i), value(i as u32), 10 * i as u64, Some(flags));
         }
         assert_eq!(t.count_live(70), 8);
         // At 2000, key 4 (closing since 40) has expired; key 2, seen last at 20, is the oldest
@@ -823,7 +838,7 @@ mod tests {
     /// Keys alternate TCP and UDP, v4 and v6.
     fn model_key(i: usize) -> FlowKey {
         let port = 1000 + i as u16;
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             tcp(port)
         } else {
             udp(port)
@@ -833,8 +848,8 @@ mod tests {
     /// Every flow that shares a slot of the table must be found by its own key only.
     fn assert_no_duplicate_keys(t: &ConnTable) {
         let mut seen = HashSet::new();
-        for (header, bucket) in t.headers.iter().zip(t.entries.iter()) {
-            for (word, entry) in header.words.iter().zip(bucket.0.iter()) {
+        for bucket in t.buckets.iter() {
+            for (word, entry) in bucket.header.words.iter().zip(bucket.entries.iter()) {
                 if *word != STATE_EMPTY {
                     assert!(seen.insert(entry.key), "key {:?} stored twice", entry.key);
                 }

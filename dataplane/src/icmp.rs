@@ -181,6 +181,7 @@ pub fn too_big(
 
 /// Checks an IPv4 packet of `ip.len()` bytes: version, header length, total length. Returns the
 /// header length.
+#[inline(always)]
 fn check_ipv4(ip: &[u8]) -> Result<usize, DropReason> {
     let header = ip.first_chunk::<IPV4_OVERHEAD>().ok_or(DropReason::Malformed)?;
     let header_len = usize::from(header[0] & 0x0f) * 4;
@@ -192,6 +193,7 @@ fn check_ipv4(ip: &[u8]) -> Result<usize, DropReason> {
 }
 
 /// As [`check_ipv4`], and the packet must be a whole (unfragmented) ICMP message.
+#[inline(always)]
 fn check_ipv4_echo(ip: &[u8]) -> Result<usize, DropReason> {
     let header_len = check_ipv4(ip)?;
     let fragment = ip.get(6..8).map(|word| u16::from_be_bytes([word[0], word[1]]) & IPV4_FRAGMENT_BITS);
@@ -203,6 +205,7 @@ fn check_ipv4_echo(ip: &[u8]) -> Result<usize, DropReason> {
 
 /// Checks an IPv6 packet of `ip.len()` bytes: version, payload length, and the next header if
 /// `next_header` is not 0. Returns the header length.
+#[inline(always)]
 fn check_ipv6(ip: &[u8], next_header: u8) -> Result<usize, DropReason> {
     let header = ip.first_chunk::<IPV6_OVERHEAD>().ok_or(DropReason::Malformed)?;
     let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
@@ -215,6 +218,7 @@ fn check_ipv6(ip: &[u8], next_header: u8) -> Result<usize, DropReason> {
     Ok(IPV6_OVERHEAD)
 }
 
+#[inline(always)]
 fn swap_macs(data: &mut [u8]) -> Result<(), DropReason> {
     let ethernet = data.first_chunk_mut::<12>().ok_or(DropReason::Truncated)?;
     swap_ranges::<6>(ethernet, 0, 6);
@@ -223,6 +227,7 @@ fn swap_macs(data: &mut [u8]) -> Result<(), DropReason> {
 
 /// Swaps `bytes[a..a + N]` and `bytes[b..b + N]` (non-overlapping, in bounds: fixed offsets into
 /// fixed-size arrays).
+#[inline(always)]
 fn swap_ranges<const N: usize>(bytes: &mut [u8], a: usize, b: usize) {
     let first: [u8; N] = sub_array(bytes, a);
     let second: [u8; N] = sub_array(bytes, b);
@@ -234,11 +239,13 @@ fn swap_ranges<const N: usize>(bytes: &mut [u8], a: usize, b: usize) {
     }
 }
 
+#[inline(always)]
 fn sub_array<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
     bytes.get(at..).and_then(|rest| rest.first_chunk::<N>()).copied().unwrap_or([0; N])
 }
 
 /// Applies the change of one 16-bit word from `old` to `new` to the checksum at `bytes[at..at + 2]`.
+#[inline(always)]
 fn update_checksum_field(bytes: &mut [u8], at: usize, old: u16, new: u16) {
     if let Some(field) = bytes.get_mut(at..at + 2) {
         let checksum = incremental_update16(u16::from_be_bytes([field[0], field[1]]), old, new);

@@ -48,8 +48,8 @@ pub const MAX_L2_HEADER_LEN: usize = ETHERNET_HEADER_LEN + 2 * VLAN_TAG_LEN;
 /// for flow entropy in the source port, RFC 6335 names the range).
 pub const GUE_SOURCE_PORT_BASE: u16 = 49152;
 
-pub(crate) const ETHERTYPE_IPV4: u16 = 0x0800;
-pub(crate) const ETHERTYPE_IPV6: u16 = 0x86dd;
+const ETHERTYPE_IPV4: u16 = 0x0800;
+const ETHERTYPE_IPV6: u16 = 0x86dd;
 const IPPROTO_IPIP: u8 = 4;
 const IPPROTO_IPV6: u8 = 41;
 const IPPROTO_UDP: u8 = 17;
@@ -213,13 +213,20 @@ pub fn encap_gue_with_checksum(
     Ok(())
 }
 
-/// The partial one's complement sum of an IPv6 pseudo-header (RFC 8200 section 8.1).
-#[inline]
+/// The partial one's complement sum of an IPv6 pseudo-header (RFC 8200 section 8.1), from the
+/// values (summing bytes just stored into a scratch buffer would stall store forwarding).
+#[inline(always)]
 pub(crate) fn ipv6_pseudo_header_sum(src: &[u8; 16], dst: &[u8; 16], upper_len: u32, next_header: u8) -> u32 {
-    let mut fixed = [0u8; 8];
-    fixed[0..4].copy_from_slice(&upper_len.to_be_bytes());
-    fixed[7] = next_header;
-    ones_complement_sum(&fixed, ones_complement_sum(dst, ones_complement_sum(src, 0)))
+    // A 32-bit word is congruent to the sum of its 16-bit halves (mod 0xffff).
+    let words = |address: &[u8; 16]| {
+        let value = u128::from_be_bytes(*address);
+        [value >> 96, value >> 64, value >> 32, value].map(|word| u64::from(word as u32)).iter().sum::<u64>()
+    };
+    let mut sum = words(src) + words(dst) + u64::from(upper_len) + u64::from(next_header);
+    for _ in 0..3 {
+        sum = (sum & 0xffff) + (sum >> 16); // below 2^36, so three rounds leave at most 0x1ffff
+    }
+    sum as u32
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -258,7 +265,7 @@ struct EncapPlan {
 }
 
 impl EncapPlan {
-    #[inline]
+    #[inline(always)]
     fn check(
         frame: &Frame<'_>,
         l3_offset: usize,
@@ -290,7 +297,7 @@ impl EncapPlan {
 
     /// Cuts padding, grows the frame by the overhead, moves the link header to the new front and
     /// sets MACs and the innermost ethertype. Returns the whole frame.
-    #[inline]
+    #[inline(always)]
     fn open<'f>(&self, frame: &'f mut Frame<'_>, macs: Macs) -> Result<&'f mut [u8], DropReason> {
         frame.truncate(self.l3_offset + self.inner_len);
         let data = open_gap(frame, self.l3_offset, self.overhead)?;
@@ -306,7 +313,7 @@ impl EncapPlan {
         Ok(data)
     }
 
-    #[inline]
+    #[inline(always)]
     fn write_outer_ip(&self, data: &mut [u8], protocol: u8, flow_hash: u64) -> Result<(), DropReason> {
         let outer = data.get_mut(self.l3_offset..).ok_or(DropReason::Malformed)?;
         match self.outer {
@@ -328,7 +335,7 @@ impl EncapPlan {
 }
 
 /// A 20-byte IPv4 header with id 0, TTL [`OUTER_TTL`] and its checksum.
-#[inline]
+#[inline(always)]
 pub(crate) fn write_ipv4_header(
     header: &mut [u8; IPV4_OVERHEAD],
     tos: u8,
@@ -359,7 +366,7 @@ pub(crate) fn write_ipv4_header(
 
 /// A 40-byte IPv6 header with hop limit [`OUTER_TTL`]; `first_word` is version, traffic class
 /// and flow label.
-#[inline]
+#[inline(always)]
 pub(crate) fn write_ipv6_header(
     header: &mut [u8; IPV6_OVERHEAD],
     first_word: u32,
@@ -377,7 +384,7 @@ pub(crate) fn write_ipv6_header(
 }
 
 /// Traffic class and DF of an inner IPv4 packet whose length is `inner.len()`.
-#[inline]
+#[inline(always)]
 fn inspect_ipv4(inner: &[u8]) -> Result<(u8, bool), DropReason> {
     let header = inner.first_chunk::<IPV4_OVERHEAD>().ok_or(DropReason::Malformed)?;
     let total_len = usize::from(u16::from_be_bytes([header[2], header[3]]));
@@ -389,7 +396,7 @@ fn inspect_ipv4(inner: &[u8]) -> Result<(u8, bool), DropReason> {
 
 /// Traffic class of an inner IPv6 packet whose length is `inner.len()`; IPv6 never fragments on
 /// the way, so the outer header gets DF.
-#[inline]
+#[inline(always)]
 fn inspect_ipv6(inner: &[u8]) -> Result<(u8, bool), DropReason> {
     let header = inner.first_chunk::<IPV6_OVERHEAD>().ok_or(DropReason::Malformed)?;
     let payload_len = usize::from(u16::from_be_bytes([header[4], header[5]]));
@@ -401,7 +408,7 @@ fn inspect_ipv6(inner: &[u8]) -> Result<(u8, bool), DropReason> {
 
 /// Checks that `l3_offset` is the end of an Ethernet header with zero, one or two VLAN tags
 /// inside the frame.
-#[inline]
+#[inline(always)]
 pub(crate) fn check_l2(frame: &Frame<'_>, l3_offset: usize) -> Result<(), DropReason> {
     if frame.len() < ETHERNET_HEADER_LEN {
         return Err(DropReason::Truncated);
@@ -419,7 +426,7 @@ pub(crate) fn check_l2(frame: &Frame<'_>, l3_offset: usize) -> Result<(), DropRe
 
 /// Grows the frame by `gap` bytes at the front and moves the link header (`l3_offset` bytes)
 /// there, leaving `gap` bytes at `l3_offset` for new headers. Returns the whole frame.
-#[inline]
+#[inline(always)]
 pub(crate) fn open_gap<'f>(
     frame: &'f mut Frame<'_>,
     l3_offset: usize,
@@ -440,7 +447,7 @@ pub(crate) fn open_gap<'f>(
 }
 
 /// Copies `data[from..from + N]` to `data[..N]` (the ranges may overlap).
-#[inline]
+#[inline(always)]
 fn move_front<const N: usize>(data: &mut [u8], from: usize) {
     let moved = data.get(from..).and_then(|rest| rest.first_chunk::<N>()).copied();
     if let (Some(moved), Some(front)) = (moved, data.first_chunk_mut::<N>()) {
@@ -448,7 +455,7 @@ fn move_front<const N: usize>(data: &mut [u8], from: usize) {
     }
 }
 
-#[inline]
+#[inline(always)]
 pub(crate) fn write_macs(ethernet: &mut [u8; ETHERNET_HEADER_LEN], macs: Macs) {
     ethernet[0..6].copy_from_slice(&macs.dst);
     ethernet[6..12].copy_from_slice(&macs.src);

@@ -72,7 +72,7 @@ workers = [int(n) for n in re.findall(r"stopped; port: PortStats \{ rx_frames: (
 summary["worker_rx_frames"] = workers
 check(len(workers) == int(queues) and all(n > 0 for n in workers),
       "every one of the %s worker(s) forwarded traffic (frames received per worker: %s)" % (queues, workers))
-check(box_ping == "1", "the fwd box's own address still answers ping while fwd runs")
+check(box_ping == "11", "the fwd box's own addresses still answer ping and TCP (IPv4 and IPv6) while fwd runs")
 check(status == "0", "fwd exited 0 on SIGTERM (exit status %s)" % status)
 check(xdp_left == "0", "no XDP program left on the interface after fwd exited")
 print("lab: %s" % totals)

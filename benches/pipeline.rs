@@ -24,8 +24,7 @@
 //! Times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), as in the `conntrack`
 //! bench: the build machines are shared, and wall time would charge us for others' work.
 //!
-//! Run: `cargo bench --bench pipeline -- --measurement-time 2 --warm-up-time 1` (about 3 minutes);
-//! `tools/bench_table.py` (if present) turns the results into the README's table.
+//! Run: `cargo bench --bench pipeline -- --measurement-time 2 --warm-up-time 1` (about 3 minutes).
 
 use arrayvec::ArrayVec;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};

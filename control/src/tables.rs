@@ -48,11 +48,7 @@ impl BackendId {
 impl std::fmt::Display for BackendId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = if self.fallback { "fallback " } else { "" };
-        match (self.addr, self.port) {
-            (IpAddr::V6(a), Some(p)) => write!(f, "{} {kind}[{a}]:{p}", self.service),
-            (a, Some(p)) => write!(f, "{} {kind}{a}:{p}", self.service),
-            (a, None) => write!(f, "{} {kind}{a}", self.service),
-        }
+        write!(f, "{} {kind}{}", self.service, crate::config::host_port(self.addr, self.port))
     }
 }
 

@@ -46,11 +46,7 @@ pub fn run(args: &Args) -> Result<()> {
     );
     println!("  {:<32} {:>8} {:>8} {:>8} {:>8}", "backend", "weight", "state", "slots", "share");
     for b in &report.backends {
-        let mut addr = match (b.address, b.port) {
-            (std::net::IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
-            (a, Some(p)) => format!("{a}:{p}"),
-            (a, None) => a.to_string(),
-        };
+        let mut addr = fwd_control::config::host_port(b.address, b.port);
         if b.fallback {
             addr.push_str(" (fallback)");
         }

@@ -59,11 +59,7 @@ pub fn run(args: &Args) -> Result<()> {
     };
     let svc = &snap.services[service as usize];
     let b = &snap.backends[backend as usize];
-    let addr = match (b.addr, b.port) {
-        (std::net::IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
-        (a, Some(p)) => format!("{a}:{p}"),
-        (a, None) => a.to_string(),
-    };
+    let addr = fwd_control::config::host_port(b.addr, b.port);
     let name = &loaded.config.services[service as usize].name;
     println!("{addr}");
     eprintln!(

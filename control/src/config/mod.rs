@@ -14,8 +14,8 @@ mod validate;
 mod values;
 
 pub use values::{
-    format_duration, format_mac, parse_cores, parse_duration, parse_mac, IpPrefix, Ipv4Prefix, Ipv6Prefix,
-    ValueError, MAX_CORE,
+    format_duration, format_mac, host_port, parse_cores, parse_duration, parse_mac, IpPrefix, Ipv4Prefix,
+    Ipv6Prefix, ValueError, MAX_CORE,
 };
 
 use fwd_dataplane::flow::L4Proto;

@@ -73,14 +73,6 @@ fn unusable_address(addr: IpAddr) -> Option<&'static str> {
     }
 }
 
-fn host_port(addr: IpAddr, port: Option<u16>) -> String {
-    match (addr, port) {
-        (IpAddr::V4(a), Some(p)) => format!("{a}:{p}"),
-        (IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
-        (a, None) => a.to_string(),
-    }
-}
-
 impl Validator<'_> {
     fn error(&self, path: impl Into<String>, message: impl Into<String>) -> ConfigError {
         let path = path.into();

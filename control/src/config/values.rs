@@ -326,6 +326,16 @@ pub fn format_mac(mac: &[u8; 6]) -> String {
     format!("{a:02x}:{b:02x}:{c:02x}:{d:02x}:{e:02x}:{g:02x}")
 }
 
+/// An address with an optional port as operators write it: `198.18.2.11:80`, `[fd00::1]:80`, or
+/// the bare address when there is no port.
+pub fn host_port(addr: std::net::IpAddr, port: Option<u16>) -> String {
+    match (addr, port) {
+        (std::net::IpAddr::V4(a), Some(p)) => format!("{a}:{p}"),
+        (std::net::IpAddr::V6(a), Some(p)) => format!("[{a}]:{p}"),
+        (a, None) => a.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -394,6 +394,49 @@ impl ConnTable {
             .count()
     }
 
+    /// Tallies the live entries of `buckets` buckets starting at bucket `start`, adding one to
+    /// `counts[value.backend]` for each live entry whose value `accept` admits (entries naming
+    /// an index beyond `counts` are skipped). Returns the bucket to start from next time (0 after
+    /// the last bucket), so that a worker can census its flows a slice at a time between batches
+    /// instead of stopping for a whole-table walk.
+    pub fn tally_live(
+        &self,
+        start: usize,
+        buckets: usize,
+        now_ms: u64,
+        counts: &mut [u64],
+        accept: impl Fn(ConnValue) -> bool,
+    ) -> usize {
+        let now = now_ms as u32;
+        let end = start.saturating_add(buckets).min(self.buckets.len());
+        for bucket in self.buckets.get(start..end).unwrap_or(&[]) {
+            for (slot, (&word, &last_seen)) in
+                bucket.header.words.iter().zip(bucket.header.last_seen.iter()).enumerate()
+            {
+                if word == STATE_EMPTY || self.is_expired(word, last_seen, now) {
+                    continue;
+                }
+                let Some(entry) = bucket.entries.get(slot) else { continue };
+                if !accept(entry.value) {
+                    continue;
+                }
+                if let Some(c) = counts.get_mut(entry.value.backend as usize) {
+                    *c += 1;
+                }
+            }
+        }
+        if end >= self.buckets.len() {
+            0
+        } else {
+            end
+        }
+    }
+
+    /// Number of buckets (for [`ConnTable::tally_live`]'s cursor).
+    pub fn bucket_count(&self) -> usize {
+        self.buckets.len()
+    }
+
     pub fn stats(&self) -> ConnStats {
         self.stats
     }
@@ -484,6 +527,40 @@ mod tests {
         assert_eq!(t.lookup(&b, flow_hash(&a), 1, None), None);
         assert_eq!(t.stats(), ConnStats { hits: 1, misses: 2, inserts: 1, ..ConnStats::default() });
         assert_eq!(t.count_live(1), 1);
+    }
+
+    #[test]
+    fn tally_live_counts_per_backend_in_slices_and_skips_expired_and_rejected() {
+        let mut t = table();
+        for port in 0..300u16 {
+            let k = udp(port);
+            t.insert(&k, flow_hash(&k), value(u32::from(port % 3)), 0, None);
+        }
+        // Expired: 3 s UDP timeout; and a tag the caller rejects.
+        let old = udp(5000);
+        t.insert(&old, flow_hash(&old), value(0), 0, None);
+        let stale = udp(5001);
+        t.insert(&stale, flow_hash(&stale), ConnValue { backend: 1, tag: 99 }, 2_500, None);
+        for port in 0..300u16 {
+            let k = udp(port);
+            assert!(t.lookup(&k, flow_hash(&k), 2_000, None).is_some());
+        }
+        let mut counts = [0u64; 2];
+        let mut cursor = 0;
+        let mut slices = 0;
+        loop {
+            cursor = t.tally_live(cursor, 7, 4_000, &mut counts, |v| v.tag == 7);
+            slices += 1;
+            if cursor == 0 {
+                break;
+            }
+        }
+        assert_eq!(slices, t.bucket_count().div_ceil(7));
+        // Backend 2's entries are beyond `counts` and skipped; the expired and the rejected ones too.
+        assert_eq!(counts, [100, 100]);
+        // Out of range start: nothing counted, cursor back to 0.
+        assert_eq!(t.tally_live(usize::MAX, 7, 4_000, &mut counts, |_| true), 0);
+        assert_eq!(counts, [100, 100]);
     }
 
     #[test]

@@ -96,6 +96,78 @@ impl WorkerCounters {
     }
 }
 
+/// What one worker sent to one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendCounters {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Flows this worker assigned to the backend (new connection-table entries).
+    pub new_flows: u64,
+}
+
+/// One backend's published figures: the counters plus the live flows of the last census.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BackendFigures {
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+    pub active_flows: u64,
+}
+
+impl BackendFigures {
+    pub fn add(&mut self, other: &BackendFigures) {
+        self.packets += other.packets;
+        self.bytes += other.bytes;
+        self.new_flows += other.new_flows;
+        self.active_flows += other.active_flows;
+    }
+}
+
+const BACKEND_FIELDS: usize = 4;
+
+/// Where a worker publishes its per-backend figures: a fixed number of backend indices, each a
+/// group of atomics written only by the owning worker. Control allocates it (a larger one when a
+/// snapshot outgrows it), so the worker never does.
+#[derive(Debug)]
+pub struct SharedBackendCounters {
+    values: Box<[AtomicU64]>,
+}
+
+impl SharedBackendCounters {
+    pub fn with_capacity(backends: usize) -> Self {
+        SharedBackendCounters { values: (0..backends * BACKEND_FIELDS).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    /// Backend indices it holds.
+    pub fn capacity(&self) -> usize {
+        self.values.len() / BACKEND_FIELDS
+    }
+
+    /// Called by the owning worker only; indices beyond the capacity are left out.
+    pub fn publish(&self, counters: &[BackendCounters], active_flows: &[u64]) {
+        for (i, group) in self.values.chunks_exact(BACKEND_FIELDS).enumerate() {
+            let c = counters.get(i).copied().unwrap_or_default();
+            let active = active_flows.get(i).copied().unwrap_or(0);
+            for (slot, v) in group.iter().zip([c.packets, c.bytes, c.new_flows, active]) {
+                slot.store(v, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Per backend index, the last published figures.
+    pub fn read(&self) -> Vec<BackendFigures> {
+        self.values
+            .chunks_exact(BACKEND_FIELDS)
+            .map(|g| BackendFigures {
+                packets: g[0].load(Ordering::Relaxed),
+                bytes: g[1].load(Ordering::Relaxed),
+                new_flows: g[2].load(Ordering::Relaxed),
+                active_flows: g[3].load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+}
+
 /// Where a worker publishes its counters for control to read: one atomic per counter, written
 /// only by the owning worker (relaxed stores, once per batch), read by anyone. No locks.
 #[derive(Debug)]
@@ -176,6 +248,25 @@ mod tests {
         let shared = SharedCounters::default();
         shared.publish(&c);
         assert_eq!(shared.read(), c);
+    }
+
+    #[test]
+    fn shared_backend_counters_round_trip_and_clip_to_capacity() {
+        let shared = SharedBackendCounters::with_capacity(2);
+        assert_eq!(shared.capacity(), 2);
+        let counters = [
+            BackendCounters { packets: 1, bytes: 2, new_flows: 3 },
+            BackendCounters { packets: 4, bytes: 5, new_flows: 6 },
+            BackendCounters { packets: 7, bytes: 8, new_flows: 9 },
+        ];
+        shared.publish(&counters, &[10]);
+        assert_eq!(
+            shared.read(),
+            vec![
+                BackendFigures { packets: 1, bytes: 2, new_flows: 3, active_flows: 10 },
+                BackendFigures { packets: 4, bytes: 5, new_flows: 6, active_flows: 0 },
+            ]
+        );
     }
 
     #[test]

@@ -39,11 +39,15 @@ pub struct WorkerConfig {
     pub timeouts: Timeouts,
 }
 
-/// Packets and bytes sent to one backend by one worker.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct BackendCounters {
-    pub packets: u64,
-    pub bytes: u64,
+pub use crate::counters::BackendCounters;
+
+/// The last complete count of live connection-table entries per backend, and the one in progress.
+#[derive(Debug, Default)]
+struct FlowCensus {
+    cursor: usize,
+    partial: Vec<u64>,
+    complete: Vec<u64>,
+    sweeps: u64,
 }
 
 /// A token bucket refilled from the batch clock: generated ICMP errors per worker and second.
@@ -139,6 +143,7 @@ pub struct Worker {
     conns: ConnTable,
     counters: WorkerCounters,
     backend_counters: Vec<BackendCounters>,
+    census: FlowCensus,
     icmp_budget: IcmpBudget,
 }
 
@@ -149,6 +154,7 @@ impl Worker {
             conns: ConnTable::new(config.conn_capacity.max(1), config.timeouts),
             counters: WorkerCounters::default(),
             backend_counters: Vec::new(),
+            census: FlowCensus::default(),
             icmp_budget: IcmpBudget { tokens: 0, last_refill_ms: 0, primed: false },
         }
     }
@@ -164,6 +170,39 @@ impl Worker {
 
     pub fn conns(&self) -> &ConnTable {
         &self.conns
+    }
+
+    /// Counts the live flows of the next `buckets` connection-table buckets per backend; after
+    /// the last bucket, the counts become [`Worker::active_flows`] and a new census starts.
+    /// Call it between batches (and when idle): a whole-table walk at once would stall the
+    /// worker for milliseconds at millions of entries. Flows whose backend is gone or down in
+    /// `snap` are not counted. Returns true when this step completed a census.
+    pub fn census_step(&mut self, snap: &Snapshot, buckets: usize, now_ms: u64) -> bool {
+        let census = &mut self.census;
+        if census.cursor == 0 {
+            // A new census: sized for this snapshot (grows only when a publish added backends).
+            census.partial.clear();
+            census.partial.resize(snap.backends.len(), 0);
+        }
+        census.cursor = self.conns.tally_live(census.cursor, buckets, now_ms, &mut census.partial, |v| {
+            snap.tracked_backend(v.backend, v.tag).is_some()
+        });
+        if census.cursor != 0 {
+            return false;
+        }
+        std::mem::swap(&mut census.partial, &mut census.complete);
+        census.sweeps += 1;
+        true
+    }
+
+    /// Live flows per backend index, from the last complete census (empty before the first).
+    pub fn active_flows(&self) -> &[u64] {
+        &self.census.complete
+    }
+
+    /// Completed censuses.
+    pub fn census_sweeps(&self) -> u64 {
+        self.census.sweeps
     }
 
     /// Counts a poll that received nothing (for the busy ratio).
@@ -397,6 +436,9 @@ impl Worker {
         let backend = snap.backends.get(idx as usize).ok_or(DropReason::NoBackend)?;
         if track {
             self.conns.insert(key, hash, ConnValue { backend: idx, tag: backend.tag }, now_ms, tcp_flags);
+            if let Some(c) = self.backend_counters.get_mut(idx as usize) {
+                c.new_flows += 1;
+            }
         }
         Ok((idx, backend))
     }

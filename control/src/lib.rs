@@ -2,5 +2,7 @@
 //! publishes to the workers, the admin socket and the BGP announcer.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
+pub mod metrics;
 pub mod tables;

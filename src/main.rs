@@ -28,6 +28,16 @@ enum Command {
     Which(cmd::which::Args),
     /// A service's Maglev table: each backend's weight, slots and share, and the fingerprint.
     Table(cmd::table::Args),
+    /// Services, backends, health, tables and traffic of the running fwd (like `ipvsadm -Ln --stats`).
+    Status(cmd::admin::StatusArgs),
+    /// Per-worker counters of the running fwd: rx, tx, pass, drops by reason, batch fill and time.
+    Stats(cmd::admin::StatusArgs),
+    /// Send no new flows to a backend; its existing flows continue until they end.
+    Drain(cmd::admin::DrainArgs),
+    /// Undo `fwd drain`.
+    Undrain(cmd::admin::DrainArgs),
+    /// Re-read the running fwd's configuration file (as SIGHUP does) and report the outcome.
+    Reload(cmd::admin::ReloadArgs),
 }
 
 fn main() -> ExitCode {
@@ -50,5 +60,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Some(Command::CheckConfig(args)) => Ok(cmd::check_config::run(&args)),
         Some(Command::Which(args)) => cmd::which::run(&args).map(|()| ExitCode::SUCCESS),
         Some(Command::Table(args)) => cmd::table::run(&args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Status(args)) => cmd::admin::status(&args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Stats(args)) => cmd::admin::stats(&args).map(|()| ExitCode::SUCCESS),
+        Some(Command::Drain(args)) => cmd::admin::drain(&args, true).map(|()| ExitCode::SUCCESS),
+        Some(Command::Undrain(args)) => cmd::admin::drain(&args, false).map(|()| ExitCode::SUCCESS),
+        Some(Command::Reload(args)) => cmd::admin::reload(&args).map(|()| ExitCode::SUCCESS),
     }
 }

@@ -191,7 +191,9 @@ pub struct AdminCall {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("another fwd is already serving the admin socket {0}; stop it or set admin.socket to another path")]
+    #[error(
+        "another fwd is already serving the admin socket {0}; stop it or set admin.socket to another path"
+    )]
     InUse(PathBuf),
     #[error("cannot create the admin socket {path}: {source}")]
     Create { path: PathBuf, source: std::io::Error },
@@ -399,7 +401,8 @@ mod tests {
     fn requests_have_a_stable_wire_form() {
         assert_eq!(serde_json::to_string(&Request::Status).unwrap(), r#"{"command":"status"}"#);
         assert_eq!(
-            serde_json::to_string(&Request::Undrain { backend: "198.18.2.11".into(), service: None }).unwrap(),
+            serde_json::to_string(&Request::Undrain { backend: "198.18.2.11".into(), service: None })
+                .unwrap(),
             r#"{"command":"undrain","backend":"198.18.2.11","service":null}"#
         );
         let r: Request = serde_json::from_str(r#"{"command":"drain","backend":"[fd00::1]:80"}"#).unwrap();

@@ -166,7 +166,9 @@ fn serve(mut stream: impl Read + Write, calls: &Sender<AdminCall>) {
         ("GET", "/metrics") => {
             let r = call(calls, Request::Metrics);
             match (r.ok, r.result.as_str()) {
-                (true, Some(text)) => ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text.to_string()),
+                (true, Some(text)) => {
+                    ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text.to_string())
+                }
                 _ => (
                     "503 Service Unavailable",
                     "text/plain; charset=utf-8",
@@ -242,7 +244,8 @@ mod tests {
         let page = http_get(&tx, "/metrics");
         assert!(page.starts_with("HTTP/1.0 200 OK\r\n"), "{page}");
         assert!(page.contains("text/plain; version=0.0.4"));
-        assert!(page.ends_with("# HELP fwd_test_total A test.\n# TYPE fwd_test_total counter\nfwd_test_total 3\n"));
+        assert!(page
+            .ends_with("# HELP fwd_test_total A test.\n# TYPE fwd_test_total counter\nfwd_test_total 3\n"));
         assert!(http_get(&tx, "/nope").starts_with("HTTP/1.0 404"));
         assert!(http_get(&tx, "/").starts_with("HTTP/1.0 200"));
     }

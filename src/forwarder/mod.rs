@@ -10,24 +10,26 @@
 //!   prints the counters at `--stats`, and on SIGINT/SIGTERM stops the workers and detaches the XDP
 //!   program.
 
-use crate::netinfo::{self, Interface};
+mod control;
+mod worker;
+
+use crate::netinfo;
 use anyhow::{bail, Context, Result};
-use arc_swap::ArcSwap;
+use control::Control;
 use fwd_afxdp::{AttachMode, BindMode, Port, PortConfig, XdpProgram};
+use fwd_control::admin::{next_call, AdminCall, AdminServer};
 use fwd_control::config::{load_config, parse_cores, Config, XdpMode};
-use fwd_control::tables::{InterfaceFacts, LiveState, SnapshotBuilder};
+use fwd_control::metrics::MetricsServer;
 use fwd_dataplane::conntrack::Timeouts;
-use fwd_dataplane::counters::{DropReason, SharedCounters, WorkerCounters};
-use fwd_dataplane::io::{PacketIo, MAX_BATCH};
-use fwd_dataplane::pipeline::{Worker, WorkerConfig};
-use fwd_dataplane::snapshot::{ForwardMode, Snapshot};
-use std::collections::{HashMap, HashSet};
-use std::net::IpAddr;
+use fwd_dataplane::counters::{DropReason, WorkerCounters};
+use fwd_dataplane::pipeline::WorkerConfig;
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use worker::{worker_loop, WorkerExit, WorkerShared};
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpModeArg {
@@ -78,20 +80,13 @@ pub struct Args {
     pub run_for: Option<f64>,
 }
 
-/// What a worker thread returns when it stops.
-struct WorkerExit {
-    core: usize,
-    queue: u32,
-    port_stats: fwd_afxdp::PortStats,
-}
-
 pub fn run(args: &Args) -> Result<()> {
     let config_path = args.config.clone().context("--config FILE is required to run the forwarder")?;
     let loaded = load_config(&config_path).map_err(|e| ExitWith(2, e.to_string()))?;
     for w in &loaded.warnings {
         eprintln!("warning: {w}");
     }
-    let mut config = loaded.config;
+    let config = loaded.config;
     let nic = args
         .nic
         .clone()
@@ -132,13 +127,7 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("core {c} does not exist or is not allowed for this process (cores here: {list:?})");
     }
 
-    let mut builder = SnapshotBuilder::new();
-    let facts = InterfaceFacts { mac: iface.mac, ipv4: iface.ipv4, ipv6: iface.ipv6 };
-    let mut resolver = NextHopResolver::default();
-    let mut live = LiveState { next_hops: resolver.resolve(&iface, &config), ..LiveState::default() };
-    let (snap, _) = builder.build(&config, &facts, &live)?;
-    let snapshots = Arc::new(ArcSwap::from_pointee(snap));
-
+    let epoch = Instant::now();
     let mut program = XdpProgram::load().context("loading fwd's XDP program")?;
     let attach_mode = match args.xdp_mode.map(|m| match m {
         XdpModeArg::Auto => XdpMode::Auto,
@@ -147,6 +136,17 @@ pub fn run(args: &Args) -> Result<()> {
     }) {
         Some(m) => m,
         None => config.xdp_mode,
+    };
+    // The admin socket first: if another fwd serves it, nothing on the interface is touched.
+    let (calls_tx, calls) = mpsc::channel::<AdminCall>();
+    let admin = AdminServer::start(&config.admin.socket, calls_tx.clone())
+        .with_context(|| format!("{}: admin.socket", config_path.display()))?;
+    let metrics = match config.admin.metrics_listen {
+        Some(addr) => Some(
+            MetricsServer::start(addr, calls_tx.clone())
+                .with_context(|| format!("{}: admin.metrics_listen", config_path.display()))?,
+        ),
+        None => None,
     };
     let report = program
         .attach(
@@ -159,7 +159,22 @@ pub fn run(args: &Args) -> Result<()> {
         )
         .with_context(|| format!("attaching the XDP program to {nic}"))?;
     eprintln!("fwd: XDP program attached to {nic} ({report:?})");
-    program.sync_vips(&snapshots.load().vip_addresses()).context("filling the XDP VIP map")?;
+    let worker_config = WorkerConfig {
+        conn_capacity: config.conntrack.capacity_per_core as usize,
+        timeouts: timeouts(&config),
+    };
+    let stats_interval = config.stats.interval;
+    let mut control = Control::new(config, config_path, iface, program, epoch)?;
+    let vips = control.snapshots.load().vip_addresses();
+    control.program().sync_vips(&vips).context("filling the XDP VIP map")?;
+    eprintln!(
+        "fwd: admin socket {}{}",
+        admin.path().display(),
+        metrics
+            .as_ref()
+            .map(|m| format!(", metrics on http://{}/metrics", m.local_addr()))
+            .unwrap_or_default()
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -177,90 +192,64 @@ pub fn run(args: &Args) -> Result<()> {
         },
         ..PortConfig::default()
     };
-    let worker_config = WorkerConfig {
-        conn_capacity: config.conntrack.capacity_per_core as usize,
-        timeouts: timeouts(&config),
-    };
-    let mut shared = Vec::new();
+    let stop_workers = Arc::new(AtomicBool::new(false));
     let mut workers: Vec<JoinHandle<WorkerExit>> = Vec::new();
     for (&core, &queue) in cores.iter().zip(&queues) {
         let port = Port::open(&nic, queue, &port_config)
             .with_context(|| format!("opening queue {queue} of {nic}"))?;
-        program.register_port(&port).with_context(|| format!("registering queue {queue}'s socket"))?;
+        control
+            .program()
+            .register_port(&port)
+            .with_context(|| format!("registering queue {queue}'s socket"))?;
         eprintln!("fwd: worker on core {core}: {nic} queue {queue}, {} mode", port.bound_mode());
-        let counters = Arc::new(SharedCounters::default());
-        shared.push(counters.clone());
-        let (snapshots, stop) = (snapshots.clone(), stop.clone());
+        let shared = Arc::new(WorkerShared::new(core, queue, control.backend_capacity()));
+        control.workers.push(shared.clone());
+        let (snapshots, stop) = (control.snapshots.clone(), stop_workers.clone());
         let idle_sleep = Duration::from_micros(args.idle_sleep_us);
         workers.push(
             std::thread::Builder::new()
                 .name(format!("fwd-worker-{core}"))
-                .spawn(move || worker_loop(core, port, worker_config, snapshots, counters, stop, idle_sleep))
+                .spawn(move || worker_loop(port, worker_config, snapshots, shared, stop, idle_sleep, epoch))
                 .context("starting a worker thread")?,
         );
     }
 
-    // The control loop.
-    let started = Instant::now();
+    // The control loop: admin calls are answered as they come; periodic work every `refresh`.
     let mut last_stats = Instant::now();
     let mut last_totals = WorkerCounters::default();
     let refresh = Duration::from_millis(200);
+    let mut next_tick = Instant::now() + refresh;
     while !stop.load(Ordering::Relaxed) {
-        std::thread::sleep(refresh);
-        if args.run_for.is_some_and(|s| started.elapsed().as_secs_f64() >= s) {
+        let wait = next_tick.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
+        if let Some(call) = next_call(&calls, wait) {
+            let response = control.handle(call.request);
+            let _ = call.reply.send(response);
+            continue;
+        }
+        if Instant::now() < next_tick {
+            continue;
+        }
+        next_tick = Instant::now() + refresh;
+        if args.run_for.is_some_and(|s| epoch.elapsed().as_secs_f64() >= s) {
             break;
         }
         if workers.iter().any(|w| w.is_finished()) {
             eprintln!("fwd: a worker stopped unexpectedly; shutting down");
             break;
         }
-        let mut changed = false;
         if reload.swap(false, Ordering::Relaxed) {
-            match load_config(&config_path) {
-                Ok(l)
-                    if l.config.nic.is_none()
-                        || l.config.nic.as_deref() == Some(nic.as_str())
-                        || args.nic.is_some() =>
-                {
-                    eprintln!("fwd: reloaded {}: {}", config_path.display(), l.config.summary());
-                    config = l.config;
-                    changed = true;
-                }
-                Ok(_) => {
-                    eprintln!("fwd: reload refused: the config names another interface; restart to move")
-                }
-                Err(e) => eprintln!("fwd: reload failed, keeping the running config: {e}"),
-            }
+            control.reload();
         }
-        let next_hops = resolver.resolve(&iface, &config);
-        if next_hops != live.next_hops || changed {
-            live.next_hops = next_hops;
-            match builder.build(&config, &facts, &live) {
-                Ok((snap, changes)) => {
-                    for c in changes {
-                        eprintln!(
-                            "fwd: service {}: table rebuilt, {} of {} slots moved",
-                            c.service, c.moved_slots, c.size
-                        );
-                    }
-                    let vips = snap.vip_addresses();
-                    snapshots.store(Arc::new(snap));
-                    if let Err(e) = program.sync_vips(&vips) {
-                        eprintln!("fwd: updating the XDP VIP map failed: {e}");
-                    }
-                }
-                Err(e) => eprintln!("fwd: rebuilding the tables failed, keeping the previous ones: {e}"),
-            }
-        }
-        if args.stats && last_stats.elapsed() >= config.stats.interval {
-            let totals = sum(&shared);
+        control.tick();
+        if args.stats && last_stats.elapsed() >= stats_interval {
+            let totals = control.totals();
             print_stats(&totals, &last_totals, last_stats.elapsed());
             last_totals = totals;
             last_stats = Instant::now();
         }
     }
 
-    stop.store(true, Ordering::Relaxed);
+    stop_workers.store(true, Ordering::Relaxed);
     for w in workers {
         match w.join() {
             Ok(exit) => eprintln!(
@@ -270,48 +259,10 @@ pub fn run(args: &Args) -> Result<()> {
             Err(_) => eprintln!("fwd: a worker panicked"),
         }
     }
-    program.detach().context("detaching the XDP program")?;
-    let totals = sum(&shared);
-    println!("{}", totals_line(&totals));
+    control.program().detach().context("detaching the XDP program")?;
+    drop(admin);
+    println!("{}", totals_line(&control.totals()));
     Ok(())
-}
-
-fn worker_loop(
-    core: usize,
-    mut port: Port,
-    config: WorkerConfig,
-    snapshots: Arc<ArcSwap<Snapshot>>,
-    shared: Arc<SharedCounters>,
-    stop: Arc<AtomicBool>,
-    idle_sleep: Duration,
-) -> WorkerExit {
-    if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
-        eprintln!("fwd: could not pin the worker to core {core}; it runs unpinned");
-    }
-    let mut worker = Worker::new(config);
-    let start = Instant::now();
-    let mut empty_streak = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        let snap = snapshots.load();
-        let now_ms = start.elapsed().as_millis() as u64;
-        let received =
-            port.poll(MAX_BATCH, &mut |batch, verdicts| worker.process_batch(&snap, batch, verdicts, now_ms));
-        if received > 0 {
-            empty_streak = 0;
-            shared.publish(worker.counters());
-        } else {
-            worker.note_empty_poll();
-            empty_streak += 1;
-            if empty_streak.is_multiple_of(1024) {
-                shared.publish(worker.counters());
-                if !idle_sleep.is_zero() {
-                    std::thread::sleep(idle_sleep);
-                }
-            }
-        }
-    }
-    shared.publish(worker.counters());
-    WorkerExit { core, queue: port.queue(), port_stats: port.stats() }
 }
 
 fn timeouts(config: &Config) -> Timeouts {
@@ -321,14 +272,6 @@ fn timeouts(config: &Config) -> Timeouts {
         tcp_closing_ms: ms(config.conntrack.tcp_closing_timeout),
         udp_ms: ms(config.conntrack.udp_timeout),
     }
-}
-
-fn sum(shared: &[Arc<SharedCounters>]) -> WorkerCounters {
-    let mut total = WorkerCounters::default();
-    for s in shared {
-        total.add(&s.read());
-    }
-    total
 }
 
 fn drops_text(c: &WorkerCounters) -> String {
@@ -370,55 +313,6 @@ fn print_stats(now: &WorkerCounters, before: &WorkerCounters, elapsed: Duration)
         drops_text(now),
         busy
     );
-}
-
-/// Finds the next-hop MAC of every backend: its own neighbour entry for `l2`, the neighbour entry
-/// of the route's gateway for tunnels. Routes are cached (they rarely change); neighbours are read
-/// every time; unknown neighbours are solicited so the next refresh finds them.
-#[derive(Debug, Default)]
-struct NextHopResolver {
-    routes: HashMap<IpAddr, (IpAddr, Instant)>,
-}
-
-const ROUTE_CACHE: Duration = Duration::from_secs(30);
-
-impl NextHopResolver {
-    fn resolve(&mut self, iface: &Interface, config: &Config) -> HashMap<IpAddr, [u8; 6]> {
-        let neighbours = netinfo::neighbours(&iface.name).unwrap_or_default();
-        let mut out = HashMap::new();
-        for s in &config.services {
-            let fallback_mode = s.fallback_mode.unwrap_or(ForwardMode::Ipip);
-            let all =
-                s.backends.iter().map(|b| (b, s.mode)).chain(s.fallback.iter().map(|b| (b, fallback_mode)));
-            for (b, mode) in all {
-                if b.mac.is_some() || out.contains_key(&b.address) {
-                    continue;
-                }
-                let hop = match mode {
-                    ForwardMode::L2 => b.address,
-                    _ => self.next_hop(b.address),
-                };
-                match neighbours.get(&hop) {
-                    Some(mac) => {
-                        out.insert(b.address, *mac);
-                    }
-                    None => netinfo::solicit(hop),
-                }
-            }
-        }
-        out
-    }
-
-    fn next_hop(&mut self, addr: IpAddr) -> IpAddr {
-        if let Some((hop, at)) = self.routes.get(&addr) {
-            if at.elapsed() < ROUTE_CACHE {
-                return *hop;
-            }
-        }
-        let hop = netinfo::next_hop(addr).unwrap_or(addr);
-        self.routes.insert(addr, (hop, Instant::now()));
-        hop
-    }
 }
 
 /// An error that carries its own exit code (2: invalid configuration).

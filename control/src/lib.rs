@@ -2,5 +2,6 @@
 //! publishes to the workers, the admin socket and the BGP announcer.
 #![forbid(unsafe_code)]
 
+pub mod announce;
 pub mod config;
 pub mod tables;

@@ -3,7 +3,6 @@
 
 use super::testnet::{Netns, V4, V6};
 use super::*;
-use crate::config::CheckKind;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -313,7 +312,11 @@ fn events_and_health_display() {
     assert_eq!(event.to_string(), "198.18.2.11:80 tcp: up -> down (connection refused, 3 in a row)");
     let first =
         HealthEvent { target: http(V6, 8080, 200, None), from: Health::Unknown, to: Health::Up, ..event };
-    assert_eq!(first.to_string(), "[fd00:18::1]:8080 http: unknown -> up (connection refused, first probe)");
+    assert_eq!(
+        first.to_string(),
+        "[fd00:18::1]:8080 http /healthz: unknown -> up (connection refused, first probe)"
+    );
+    assert_eq!(exec(&["/usr/bin/check", "-q"], 1000, 500).to_string(), "198.18.0.1:4242 exec /usr/bin/check");
     assert_eq!(
         serde_json::to_string(&[Health::Unknown, Health::Up, Health::Down]).unwrap(),
         r#"["unknown","up","down"]"#

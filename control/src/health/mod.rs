@@ -204,8 +204,10 @@ impl HealthChecker {
         })
     }
 
-    /// Makes `targets` the set of checks: new targets start (Unknown), removed ones stop, and
-    /// unchanged ones keep their state and schedule. Duplicates are run once.
+    /// Makes `targets` the set of checks: new targets start (Unknown), removed ones stop (a
+    /// running probe is abandoned, an exec check's processes killed), and unchanged ones keep
+    /// their state and schedule. Duplicates are run once. A removal queues no event; events the
+    /// removed target queued earlier stay queued.
     pub fn set_targets(&self, targets: impl IntoIterator<Item = CheckTarget>) {
         let wanted: HashSet<CheckTarget> = targets.into_iter().collect();
         let mut state = self.shared.lock();

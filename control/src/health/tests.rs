@@ -323,6 +323,32 @@ fn events_and_health_display() {
     );
 }
 
+#[test]
+fn event_queue_is_bounded_and_stale_probes_are_ignored() {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let task = runtime.spawn(async {}).abort_handle();
+    let shared = Shared::default();
+    let target = tcp(V4, 80, 1000, 500);
+    shared.lock().targets.insert(target.clone(), Entry::new(7, task));
+    let start = Instant::now();
+    let record = |generation, ok| {
+        let outcome = if ok { ProbeOutcome::Ok } else { ProbeOutcome::Refused };
+        shared.record(&target, generation, start, SystemTime::now(), Duration::from_millis(1), &outcome)
+    };
+    // A probe of an earlier task of an equal target (removed, then added again) changes nothing.
+    assert_eq!(record(6, true), None);
+    assert_eq!(shared.lock().targets[&target].status.probes, 0);
+    // rise = fall = 1: every probe flips the health.
+    for i in 0..MAX_QUEUED_EVENTS + 10 {
+        assert!(record(7, i % 2 == 0).is_some());
+    }
+    let state = shared.lock();
+    assert_eq!((state.events.len(), state.dropped_events), (MAX_QUEUED_EVENTS, 10));
+    // The oldest went first: the first kept event is the 11th transition, Down -> Up.
+    assert_eq!((state.events[0].from, state.events[0].to), (Health::Down, Health::Up));
+    assert_eq!(state.targets[&target].status.probes, MAX_QUEUED_EVENTS as u64 + 10);
+}
+
 // ---- probes against servers in a namespace ----
 
 #[test]

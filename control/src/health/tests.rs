@@ -721,7 +721,7 @@ fn five_hundred_targets_at_one_second_do_not_drift() {
         let listeners: Vec<TcpListener> = (20000..20500).map(|port| Servers::listen(V4, port)).collect();
         let targets: Vec<CheckTarget> = (20000..20500).map(|port| tcp(V4, port, 1000, 500)).collect();
         let checker = started_with(&targets);
-        std::thread::sleep(Duration::from_millis(5300));
+        std::thread::sleep(Duration::from_millis(6300));
         let status = checker.status();
         drop(checker);
         drop(listeners);
@@ -751,7 +751,7 @@ fn a_hundred_hung_targets_do_not_delay_four_hundred_others() {
             })
             .collect();
         let checker = started_with(&[steady.clone(), hung.clone()].concat());
-        std::thread::sleep(Duration::from_millis(5300));
+        std::thread::sleep(Duration::from_millis(6300));
         let status = checker.status();
         drop(checker);
         drop(listeners);

@@ -524,7 +524,7 @@ impl Worker {
         if may_run && (st.urgent || differs || now >= self.next_reconcile) {
             let items: Vec<(IpPrefix, bool, Option<bool>)> =
                 st.entries.iter().map(|(p, e)| (*p, e.policy.effective(), e.in_frr)).collect();
-            let full_read = st.urgent || now >= self.next_reconcile || items.iter().any(|i| i.2.is_none());
+            let full_read = st.urgent || now >= self.next_reconcile;
             st.urgent = false;
             return Ok(Job { items, full_read });
         }
@@ -544,7 +544,11 @@ impl Worker {
     fn execute(&self, job: &Job) -> Result<PassResult, VtyshError> {
         let mut read = false;
         let mut known: BTreeMap<IpPrefix, Option<bool>> = job.items.iter().map(|&(p, _, frr)| (p, frr)).collect();
-        if job.full_read || known.values().any(Option::is_none) {
+        // `network P` is idempotent, so an unknown prefix that should be announced is simply
+        // announced (and confirmed by the read-back); an unknown one to withdraw needs a read
+        // first, since each `no network` FRR refuses costs another vtysh run.
+        let unknown_withdraw = job.items.iter().any(|&(_, effective, frr)| frr.is_none() && !effective);
+        if job.full_read || unknown_withdraw {
             let state = self.vtysh.read_state()?;
             read = true;
             for (prefix, has) in known.iter_mut() {

@@ -183,7 +183,11 @@ impl Frr {
     /// The pid of a running daemon of this instance, from its pid file; `None` if the file is
     /// missing or stale (so a recycled pid is never signalled).
     pub(crate) fn pid(&self, daemon: Daemon) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.dir.join(format!("{}.pid", daemon.name()))).ok()?.trim().parse().ok()?;
+        let pid: u32 = std::fs::read_to_string(self.dir.join(format!("{}.pid", daemon.name())))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let ours = cmdline.contains(&format!("/usr/lib/frr/{}", daemon.name()))
@@ -223,7 +227,12 @@ impl Frr {
     pub(crate) fn bgpd(&self, commands: &[&str]) -> String {
         let out = self.vtysh_daemon(Daemon::Bgpd, commands);
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        assert!(out.status.success(), "vtysh {commands:?} in {}: {text}{}", self.ns, String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "vtysh {commands:?} in {}: {text}{}",
+            self.ns,
+            String::from_utf8_lossy(&out.stderr)
+        );
         text
     }
 
@@ -263,7 +272,11 @@ impl Frr {
             if peers.iter().all(|p| json[*p]["bgpState"] == "Established") {
                 return;
             }
-            assert!(Instant::now() < end, "sessions in {} not established within {timeout:?}: {text}", self.ns);
+            assert!(
+                Instant::now() < end,
+                "sessions in {} not established within {timeout:?}: {text}",
+                self.ns
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }

@@ -3,7 +3,7 @@
 
 use super::frr_lab::{link, Daemon, Frr, Netns};
 use super::tests::{bgp_config, wait_for};
-use super::{AnnouncerStatus, Announcer};
+use super::{Announcer, AnnouncerStatus};
 use crate::config::{BgpConfig, IpPrefix};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -82,14 +82,16 @@ fn announcer_keeps_a_real_frr_in_line() {
     // bgpd restarts and forgets the runtime `network` statements: repaired by the next reconcile.
     frr.signal_daemon(Daemon::Bgpd, rustix::process::Signal::KILL);
     frr.start_daemon(Daemon::Bgpd);
-    let repair = time_until("repair after a bgpd restart", Duration::from_secs(10), || has(&frr, &[v4, v6], &[]));
+    let repair =
+        time_until("repair after a bgpd restart", Duration::from_secs(10), || has(&frr, &[v4, v6], &[]));
     println!("bgpd restarted -> networks back in {repair:?} (reconcile interval {interval:?})");
     assert!(repair <= interval + Duration::from_millis(1500), "repair took {repair:?}");
 
     // FRR stopped altogether: reported, callers never wait, and it recovers when FRR is back.
     frr.stop_daemon(Daemon::Bgpd);
     frr.stop_daemon(Daemon::Zebra);
-    let status = wait_for(&announcer, Duration::from_secs(10), "unreachable", |s| s.frr.reachable == Some(false));
+    let status =
+        wait_for(&announcer, Duration::from_secs(10), "unreachable", |s| s.frr.reachable == Some(false));
     assert!(status.frr.last_error.as_deref().is_some_and(|e| e.contains("not reachable")), "{status:?}");
     let call = Instant::now();
     announcer.set_desired(both(true, true), true);
@@ -158,7 +160,12 @@ fn a_peer_router_learns_and_forgets_the_vip() {
         let start = Instant::now();
         let (mut t4, mut t6) = (None, None);
         while t4.is_none() || t6.is_none() {
-            assert!(start.elapsed() < Duration::from_secs(10), "router routes: {:?} {:?}", routes(v4), routes(v6));
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "router routes: {:?} {:?}",
+                routes(v4),
+                routes(v6)
+            );
             if t4.is_none() && routes(v4).is_empty() != present {
                 t4 = Some(start.elapsed());
             }

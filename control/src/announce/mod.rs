@@ -135,6 +135,34 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(config: BgpConfig) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                config,
+                config_seq: 0,
+                entries: BTreeMap::new(),
+                dataplane_running: false,
+                fail_closed: None,
+                shutting_down: false,
+                stop: false,
+                urgent: false,
+                dirty: true,
+                frr: FrrHealth {
+                    reachable: None,
+                    last_error: None,
+                    last_reconcile: None,
+                    failures: 0,
+                    retry_at: None,
+                },
+                passes_started: 0,
+                passes_completed: 0,
+                worker_alive: true,
+            }),
+            wake: Condvar::new(),
+            progress: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state inconsistent in a way that
         // matters more than stopping announcements would.
@@ -219,31 +247,7 @@ impl Announcer {
     /// [`Announcer::set_desired`], but FRR is read at once, so the status soon shows whether it
     /// can be reached.
     pub fn spawn(config: BgpConfig) -> Result<Announcer, AnnounceError> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                config,
-                config_seq: 0,
-                entries: BTreeMap::new(),
-                dataplane_running: false,
-                fail_closed: None,
-                shutting_down: false,
-                stop: false,
-                urgent: false,
-                dirty: true,
-                frr: FrrHealth {
-                    reachable: None,
-                    last_error: None,
-                    last_reconcile: None,
-                    failures: 0,
-                    retry_at: None,
-                },
-                passes_started: 0,
-                passes_completed: 0,
-                worker_alive: true,
-            }),
-            wake: Condvar::new(),
-            progress: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::new(config));
         let for_worker = Arc::clone(&shared);
         let worker = std::thread::Builder::new()
             .name("fwd-bgp".into())
@@ -520,30 +524,33 @@ impl Worker {
     /// A pass to run now, or when to look again.
     fn schedule(&self, st: &mut State, now: Instant) -> Result<Job, Instant> {
         let differs = st.entries.values().any(|e| e.in_frr != Some(e.policy.effective()));
-        let may_run = st.urgent || st.frr.retry_at.is_none_or(|t| now >= t);
-        if may_run && (st.urgent || differs || now >= self.next_reconcile) {
+        // A pass is wanted now when FRR may differ from the decisions, else at the next reconcile;
+        // after a failure, not before the backoff ends unless everything must go.
+        let wanted_at = if st.urgent || differs { now } else { self.next_reconcile };
+        let allowed_at = match st.frr.retry_at {
+            Some(retry) if !st.urgent => retry,
+            _ => now,
+        };
+        let run_at = wanted_at.max(allowed_at);
+        if run_at <= now {
             let items: Vec<(IpPrefix, bool, Option<bool>)> =
                 st.entries.iter().map(|(p, e)| (*p, e.policy.effective(), e.in_frr)).collect();
             let full_read = st.urgent || now >= self.next_reconcile;
             st.urgent = false;
             return Ok(Job { items, full_read });
         }
-        let mut wake = self.next_reconcile;
-        if let Some(retry) = st.frr.retry_at.filter(|_| differs) {
-            wake = wake.min(retry);
-        }
-        for entry in st.entries.values() {
-            if let Some(at) = entry.policy.next_event() {
-                wake = wake.min(at);
-            }
-        }
-        Err(wake.max(now))
+        // Policies act at the end of a hold-down or suppression; `evaluate` just ran, so those
+        // times lie ahead. The floor only keeps a rounding slip from turning into a busy loop.
+        let policy_events = st.entries.values().filter_map(|e| e.policy.next_event());
+        let wake = policy_events.fold(run_at, Instant::min);
+        Err(wake.max(now + Duration::from_millis(1)))
     }
 
     /// Reads FRR's state if needed, sends what differs in one vtysh run, and reads back.
     fn execute(&self, job: &Job) -> Result<PassResult, VtyshError> {
         let mut read = false;
-        let mut known: BTreeMap<IpPrefix, Option<bool>> = job.items.iter().map(|&(p, _, frr)| (p, frr)).collect();
+        let mut known: BTreeMap<IpPrefix, Option<bool>> =
+            job.items.iter().map(|&(p, _, frr)| (p, frr)).collect();
         // `network P` is idempotent, so an unknown prefix that should be announced is simply
         // announced (and confirmed by the read-back); an unknown one to withdraw needs a read
         // first, since each `no network` FRR refuses costs another vtysh run.
@@ -563,7 +570,8 @@ impl Worker {
             }
             if believed == Some(effective) {
                 // The decision did not change, FRR did: bgpd restarted, or someone edited it.
-                let what = if effective { "lost it; announcing it again" } else { "has it; withdrawing it again" };
+                let what =
+                    if effective { "lost it; announcing it again" } else { "has it; withdrawing it again" };
                 eprintln!("fwd: bgp: {prefix}: FRR {what}");
             }
             changes.push(if effective { Change::Announce(prefix) } else { Change::Withdraw(prefix) });
@@ -629,7 +637,10 @@ impl Worker {
                 let backoff = (FIRST_RETRY * 2u32.pow(doublings)).min(st.config.reconcile_interval);
                 let message = error.to_string();
                 if st.frr.last_error.as_ref() != Some(&message) {
-                    logs.push(format!("fwd: bgp: {message}; retrying every {} at most", format_duration(backoff)));
+                    logs.push(format!(
+                        "fwd: bgp: {message}; retrying every {} at most",
+                        format_duration(backoff)
+                    ));
                 }
                 st.frr.reachable = Some(error.reached_frr());
                 st.frr.last_error = Some(message);
@@ -793,6 +804,37 @@ done"#,
     }
 
     #[test]
+    fn schedule_waits_out_the_backoff_unless_urgent() {
+        let shared = Arc::new(Shared::new(bgp_config(PathBuf::from("/nonexistent/vtysh"))));
+        let mut worker = Worker::new(Arc::clone(&shared));
+        let now = Instant::now();
+        let mut st = shared.lock();
+        // A reload made a reconcile due while FRR is failing: wait for the retry time.
+        st.frr.retry_at = Some(now + Duration::from_millis(500));
+        worker.next_reconcile = now;
+        assert_eq!(worker.schedule(&mut st, now).unwrap_err(), now + Duration::from_millis(500));
+        st.urgent = true;
+        let job = worker.schedule(&mut st, now).unwrap();
+        assert!(job.full_read && job.items.is_empty() && !st.urgent);
+        // Healthy and in line: the next periodic reconcile, or a policy event before it.
+        st.frr.retry_at = None;
+        worker.next_reconcile = now + Duration::from_secs(1);
+        assert_eq!(worker.schedule(&mut st, now).unwrap_err(), now + Duration::from_secs(1));
+        let mut policy =
+            PrefixPolicy::new(Duration::from_millis(300), crate::config::DampingConfig::default());
+        policy.update(now - Duration::from_secs(10), true);
+        policy.update(now, false);
+        policy.update(now, true);
+        let entry = Entry { policy, can_serve: true, planned: true, desired: true, in_frr: Some(false) };
+        st.entries.insert(prefix("198.18.100.1/32"), entry);
+        assert_eq!(worker.schedule(&mut st, now).unwrap_err(), now + Duration::from_millis(300));
+        // A decision FRR does not reflect yet: run now, reading only what is unknown.
+        st.entries.values_mut().for_each(|e| e.in_frr = Some(true));
+        let job = worker.schedule(&mut st, now).unwrap();
+        assert!(!job.full_read);
+    }
+
+    #[test]
     fn announces_withdraws_and_repairs_through_a_fake_vtysh() {
         let dir = temp_dir("fake");
         let announcer = Announcer::spawn(bgp_config(file_backed_vtysh(&dir))).unwrap();
@@ -831,7 +873,8 @@ done"#,
         announcer.fail_closed("test watchdog");
         announcer.reload(bgp_config(dir.join("vtysh")));
         assert!(start.elapsed() < Duration::from_millis(50), "callers waited {:?}", start.elapsed());
-        let status = wait_for(&announcer, Duration::from_secs(5), "two failures", |s| s.frr.consecutive_failures >= 2);
+        let status =
+            wait_for(&announcer, Duration::from_secs(5), "two failures", |s| s.frr.consecutive_failures >= 2);
         assert_eq!(status.frr.reachable, Some(false));
         assert!(status.frr.last_error.as_deref().unwrap().contains("bgpd is not reachable"), "{status:?}");
         assert_eq!(status.prefixes[0].in_frr, None);
@@ -844,7 +887,10 @@ done"#,
         assert!((1..=4).contains(&during), "{during} attempts in 2.1 s");
         let err = announcer.withdraw_all_and_wait(Duration::from_millis(300)).unwrap_err();
         assert!(matches!(err, AnnounceError::NotConfirmed { .. }), "{err}");
-        assert!(err.to_string().contains("198.18.100.1/32") && err.to_string().contains("not reachable"), "{err}");
+        assert!(
+            err.to_string().contains("198.18.100.1/32") && err.to_string().contains("not reachable"),
+            "{err}"
+        );
         // FRR comes back: confirmed, and still withdrawn (fail closed).
         std::fs::remove_file(dir.join("down")).unwrap();
         announcer.withdraw_all_and_wait(Duration::from_secs(5)).unwrap();

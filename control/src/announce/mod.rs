@@ -771,11 +771,29 @@ done"#,
         script
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fwdtest-announce-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh directory, removed on drop (also when the test fails).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("fwdtest-announce-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl std::ops::Deref for TempDir {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     pub(crate) fn wait_for(
@@ -836,7 +854,7 @@ done"#,
 
     #[test]
     fn announces_withdraws_and_repairs_through_a_fake_vtysh() {
-        let dir = temp_dir("fake");
+        let dir = TempDir::new("fake");
         let announcer = Announcer::spawn(bgp_config(file_backed_vtysh(&dir))).unwrap();
         let (a, b) = (prefix("198.18.100.1/32"), prefix("fd00:18:100::1/128"));
         announcer.set_desired(vec![(a, true), (b, true)], true);
@@ -859,12 +877,11 @@ done"#,
             std::thread::sleep(Duration::from_millis(10));
         }
         drop(announcer);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn unreachable_frr_is_reported_retried_and_never_blocks_callers() {
-        let dir = temp_dir("down");
+        let dir = TempDir::new("down");
         std::fs::write(dir.join("down"), "").unwrap();
         let announcer = Announcer::spawn(bgp_config(file_backed_vtysh(&dir))).unwrap();
         let a = prefix("198.18.100.1/32");
@@ -898,12 +915,11 @@ done"#,
         assert_eq!((status.frr.reachable, status.frr.last_error.clone()), (Some(true), None));
         assert!(status.prefixes.iter().all(|p| !p.effective && p.in_frr == Some(false)), "{status:?}");
         drop(announcer);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn hold_down_and_retirement_show_in_status() {
-        let dir = temp_dir("hold");
+        let dir = TempDir::new("hold");
         let announcer = Announcer::spawn(bgp_config(file_backed_vtysh(&dir))).unwrap();
         let (a, b) = (prefix("198.18.100.1/32"), prefix("198.18.100.2/32"));
         announcer.set_desired(vec![(a, true), (b, true)], true);
@@ -930,6 +946,5 @@ done"#,
         // Dropped without a shutdown: it still withdraws on the way out.
         drop(announcer);
         assert!(networks(&dir).is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

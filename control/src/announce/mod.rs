@@ -117,8 +117,8 @@ fn as_text<S: serde::Serializer>(prefix: &IpPrefix, s: S) -> Result<S::Ok, S::Er
 /// Announces and withdraws VIP prefixes through FRR, on its own thread.
 ///
 /// Dropping it stops the thread after a last attempt to withdraw whatever FRR may still have from
-/// it (bounded by `vtysh_timeout`); call [`Announcer::withdraw_all_and_wait`] first for a
-/// confirmed withdrawal.
+/// it: it waits for the pass in progress and one more vtysh run, each bounded by `vtysh_timeout`.
+/// Call [`Announcer::withdraw_all_and_wait`] first for a confirmed withdrawal.
 #[derive(Debug)]
 pub struct Announcer {
     shared: Arc<Shared>,

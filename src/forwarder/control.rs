@@ -15,6 +15,7 @@ use fwd_control::admin::{
     WorkerStats,
 };
 use fwd_control::config::{format_mac, host_port, load_config, BackendConfig, Config, ServiceConfig};
+use fwd_control::health::{CheckTarget, Health, HealthChecker};
 use fwd_control::metrics::Exposition;
 use fwd_control::tables::{cluster_fingerprint, BackendId, InterfaceFacts, LiveState, SnapshotBuilder};
 use fwd_dataplane::counters::{BackendFigures, DropReason, SharedBackendCounters, WorkerCounters};
@@ -129,6 +130,9 @@ pub struct Control {
     resolver: NextHopResolver,
     pub snapshots: Arc<ArcSwap<Snapshot>>,
     program: XdpProgram,
+    health: HealthChecker,
+    /// Which backends each check target decides for (a target shared by services runs once).
+    checked: HashMap<CheckTarget, Vec<BackendId>>,
     pub workers: Vec<Arc<WorkerShared>>,
     epoch: Instant,
     startup: StartupSettings,
@@ -161,6 +165,9 @@ impl Control {
         let mut builder = SnapshotBuilder::new();
         let (snap, _) = builder.build(&config, &facts, &live)?;
         let startup = StartupSettings::of(&config);
+        let health = HealthChecker::start()?;
+        let checked = check_targets(&config);
+        health.set_targets(checked.keys().cloned());
         Ok(Control {
             config,
             config_path,
@@ -171,6 +178,8 @@ impl Control {
             resolver,
             snapshots: Arc::new(ArcSwap::from_pointee(snap)),
             program,
+            health,
+            checked,
             workers: Vec::new(),
             epoch,
             startup,
@@ -191,8 +200,31 @@ impl Control {
         (self.snapshots.load().backends.len() * 2).max(64)
     }
 
-    /// One round of periodic work: next hops, then a publish if anything changed.
+    /// Every health target has answered at least once (the announcer waits for it).
+    pub fn health_answered(&self) -> bool {
+        self.health.all_answered()
+    }
+
+    /// Folds the checker's verdicts into `live.down`: a backend is down while its check says so.
+    /// Recomputed from the checker's table rather than from its events, so nothing can be missed.
+    fn apply_health(&mut self) {
+        // The checker logged each transition once; here only what it does to the tables.
+        let _ = self.health.try_events();
+        let mut down = HashSet::new();
+        for (target, ids) in &self.checked {
+            if self.health.health(target) == Health::Down {
+                down.extend(ids.iter().copied());
+            }
+        }
+        if down != self.live.down {
+            self.live.down = down;
+            self.dirty = true;
+        }
+    }
+
+    /// One round of periodic work: health, next hops, then a publish if anything changed.
     pub fn tick(&mut self) {
+        self.apply_health();
         let next_hops = self.resolver.resolve(&self.iface, &self.config);
         if next_hops != self.live.next_hops {
             self.live.next_hops = next_hops;
@@ -283,6 +315,10 @@ impl Control {
                     let ids: HashSet<BackendId> = all_backend_ids(&self.config).collect();
                     self.live.drained.retain(|id| ids.contains(id));
                     self.live.down.retain(|id| ids.contains(id));
+                    // Unchanged checks keep their state and schedule; new ones start Unknown.
+                    self.checked = check_targets(&self.config);
+                    self.health.set_targets(self.checked.keys().cloned());
+                    self.apply_health();
                     self.dirty = true;
                     self.publish();
                     report
@@ -398,7 +434,7 @@ impl Control {
                         let id = BackendId { service: s.key, addr: b.addr, port: b.port, fallback };
                         let slots = counts.get(pos).copied().unwrap_or(0);
                         let f = figure(idx);
-                        let (health, reason, since) = self.health_of(&id, bc);
+                        let (health, reason, since) = self.health_of(bc);
                         backends.push(BackendStatus {
                             address: host_port(b.addr, b.port),
                             fallback,
@@ -450,14 +486,18 @@ impl Control {
     }
 
     /// Health of one backend for reports: (state, reason of the last change, seconds since).
-    fn health_of(&self, id: &BackendId, b: &BackendConfig) -> (String, String, Option<f64>) {
-        if b.check.is_none() {
+    fn health_of(&self, b: &BackendConfig) -> (String, String, Option<f64>) {
+        let Some(spec) = &b.check else {
             return ("unchecked".into(), String::new(), None);
-        }
-        if self.live.down.contains(id) {
-            ("down".into(), String::new(), None)
-        } else {
-            ("up".into(), String::new(), None)
+        };
+        let target = CheckTarget { addr: b.address, spec: spec.clone() };
+        match self.health.target_status(&target) {
+            Some(t) => (
+                t.health.to_string(),
+                t.reason,
+                SystemTime::now().duration_since(t.since).ok().map(|d| d.as_secs_f64()),
+            ),
+            None => ("unknown".into(), "not probed yet".into(), None),
         }
     }
 
@@ -627,6 +667,31 @@ impl Control {
                 age as f64 / 1e3,
             );
         }
+        for sample in self.health.latency_samples() {
+            let target = sample.target.to_string();
+            let l = [("target", target.as_str()), ("result", if sample.ok { "ok" } else { "failed" })];
+            e.gauge(
+                "fwd_health_check_duration_seconds",
+                "Duration of the last probe of each distinct check target.",
+                &l,
+                sample.latency.as_secs_f64(),
+            );
+        }
+        for (target, t) in self.health.status() {
+            let target = target.to_string();
+            let l = [("target", target.as_str())];
+            e.counter("fwd_health_checks_total", "Probes run per distinct check target.", &l, t.probes);
+            e.gauge(
+                "fwd_health_check_up",
+                "1 up, 0 down, -1 not answered yet, per distinct check target.",
+                &l,
+                match t.health {
+                    Health::Up => 1.0,
+                    Health::Down => 0.0,
+                    Health::Unknown => -1.0,
+                },
+            );
+        }
         if let Ok(x) = self.program.counters() {
             e.counter(
                 "fwd_xdp_redirected_total",
@@ -734,6 +799,26 @@ fn all_backend_ids(config: &Config) -> impl Iterator<Item = BackendId> + '_ {
                 fallback: true,
             }))
     })
+}
+
+/// Every distinct check target of the config, with the backends it decides for.
+fn check_targets(config: &Config) -> HashMap<CheckTarget, Vec<BackendId>> {
+    let mut out: HashMap<CheckTarget, Vec<BackendId>> = HashMap::new();
+    for s in &config.services {
+        let key = s.key();
+        let all = s.backends.iter().map(|b| (b, false)).chain(s.fallback.iter().map(|b| (b, true)));
+        for (b, fallback) in all {
+            if let Some(spec) = &b.check {
+                out.entry(CheckTarget { addr: b.address, spec: spec.clone() }).or_default().push(BackendId {
+                    service: key,
+                    addr: b.address,
+                    port: b.port,
+                    fallback,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// `ADDRESS`, `ADDRESS:PORT` or `[IPV6]:PORT`.
@@ -866,6 +951,21 @@ mode = "l2"
         assert!(diff_services(&old, &old).services_changed.is_empty());
         let global = parse_config(&format!("mtu = 1400\n{BASE}"), "g.toml").unwrap().config;
         assert_eq!(diff_services(&old, &global).services_changed, vec!["(global settings)"]);
+    }
+
+    #[test]
+    fn identical_checks_of_several_services_are_one_target() {
+        let text = BASE.replace(
+            "mode = \"l2\"",
+            "mode = \"l2\"\ncheck = { type = \"tcp\", port = 80, interval = \"1s\", timeout = \"500ms\" }",
+        );
+        let config = parse_config(&text, "t.toml").unwrap().config;
+        let targets = check_targets(&config);
+        // 198.18.2.11:80 tcp serves both services, 198.18.2.12:80 tcp one.
+        assert_eq!(targets.len(), 2);
+        let shared = targets.iter().find(|(t, _)| t.addr.to_string() == "198.18.2.11").unwrap().1;
+        assert_eq!(shared.len(), 2);
+        assert_ne!(shared[0].service, shared[1].service);
     }
 
     #[test]

@@ -219,6 +219,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut last_totals = WorkerCounters::default();
     let refresh = Duration::from_millis(200);
     let mut next_tick = Instant::now() + refresh;
+    let mut health_answered = false;
     while !stop.load(Ordering::Relaxed) {
         let wait = next_tick.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
         if let Some(call) = next_call(&calls, wait) {
@@ -241,6 +242,13 @@ pub fn run(args: &Args) -> Result<()> {
             control.reload();
         }
         control.tick();
+        if !health_answered && control.health_answered() {
+            health_answered = true;
+            eprintln!(
+                "fwd: every health check has answered once ({:.1} s after start)",
+                epoch.elapsed().as_secs_f64()
+            );
+        }
         if args.stats && last_stats.elapsed() >= stats_interval {
             let totals = control.totals();
             print_stats(&totals, &last_totals, last_stats.elapsed());

@@ -74,9 +74,11 @@ pub(super) enum Framing {
     Close,
 }
 
-/// The head's length (up to and including the empty line) and the body's framing, once `buf` holds
-/// the whole head (`Ok(None)`: read more).
-pub(super) fn head(buf: &[u8]) -> Result<Option<(usize, Framing)>, Malformed> {
+/// The head's length (up to and including the empty line) and the body's framing.
+pub(super) type Head = (usize, Framing);
+
+/// The head, once `buf` holds all of it (`Ok(None)`: read more).
+pub(super) fn head(buf: &[u8]) -> Result<Option<Head>, Malformed> {
     let Some(end) = find(buf, b"\r\n\r\n").map(|i| i + 4).or_else(|| find(buf, b"\n\n").map(|i| i + 2))
     else {
         return if buf.len() > MAX_HEAD { Err(Malformed::HeadTooLong) } else { Ok(None) };
@@ -160,7 +162,8 @@ mod tests {
 
     #[test]
     fn status_lines() {
-        let cases: [(&[u8], Result<Option<u16>, Malformed>); 10] = [
+        type Parsed = Result<Option<u16>, Malformed>;
+        let cases: [(&[u8], Parsed); 10] = [
             (b"HTTP/1.1 200 OK\r\n", Ok(Some(200))),
             (b"HTTP/1.0 503 Service Unavailable\r\nServer: x\r\n", Ok(Some(503))),
             (b"HTTP/1.1 204\r\n", Ok(Some(204))),
@@ -180,7 +183,7 @@ mod tests {
 
     #[test]
     fn head_framing() {
-        let cases: [(&[u8], Option<(usize, Framing)>); 5] = [
+        let cases: [(&[u8], Option<Head>); 5] = [
             (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", Some((38, Framing::Length(5)))),
             (b"HTTP/1.1 200 OK\r\ncontent-length:5\r\n\r\n", Some((37, Framing::Length(5)))),
             (

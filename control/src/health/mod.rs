@@ -22,7 +22,7 @@ mod testnet;
 
 pub use probe::ProbeOutcome;
 
-use crate::config::{host_port, CheckSpec};
+use crate::config::{host_port, CheckKind, CheckSpec};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::hash::{Hash, Hasher};
@@ -49,9 +49,15 @@ pub struct CheckTarget {
 }
 
 impl fmt::Display for CheckTarget {
-    /// "198.18.2.11:80 tcp", the way logs name a target.
+    /// "198.18.2.11:80 tcp", "198.18.2.11:80 http /healthz", "198.18.2.11:80 exec /usr/bin/check":
+    /// the way logs name a target (the path or program tells apart two checks of one backend).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", host_port(self.addr, Some(self.spec.port)), self.spec.kind.name())
+        write!(f, "{} {}", host_port(self.addr, Some(self.spec.port)), self.spec.kind.name())?;
+        match &self.spec.kind {
+            CheckKind::Http { path, .. } => write!(f, " {path}"),
+            CheckKind::Exec { command } => write!(f, " {}", command.first().map_or("", String::as_str)),
+            CheckKind::Tcp | CheckKind::Udp { .. } => Ok(()),
+        }
     }
 }
 
@@ -198,8 +204,10 @@ impl HealthChecker {
         })
     }
 
-    /// Makes `targets` the set of checks: new targets start (Unknown), removed ones stop, and
-    /// unchanged ones keep their state and schedule. Duplicates are run once.
+    /// Makes `targets` the set of checks: new targets start (Unknown), removed ones stop (a
+    /// running probe is abandoned, an exec check's processes killed), and unchanged ones keep
+    /// their state and schedule. Duplicates are run once. A removal queues no event; events the
+    /// removed target queued earlier stay queued.
     pub fn set_targets(&self, targets: impl IntoIterator<Item = CheckTarget>) {
         let wanted: HashSet<CheckTarget> = targets.into_iter().collect();
         let mut state = self.shared.lock();

@@ -149,7 +149,7 @@ async fn http_get(
         return ProbeOutcome::io("send", &e);
     }
     let mut buf = Vec::with_capacity(4096);
-    let mut head: Option<(usize, http::Framing)> = None;
+    let mut head: Option<http::Head> = None;
     loop {
         let eof = match read_more(&mut stream, &mut buf).await {
             Ok(n) => n == 0,

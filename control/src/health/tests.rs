@@ -3,7 +3,6 @@
 
 use super::testnet::{Netns, V4, V6};
 use super::*;
-use crate::config::CheckKind;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -313,11 +312,41 @@ fn events_and_health_display() {
     assert_eq!(event.to_string(), "198.18.2.11:80 tcp: up -> down (connection refused, 3 in a row)");
     let first =
         HealthEvent { target: http(V6, 8080, 200, None), from: Health::Unknown, to: Health::Up, ..event };
-    assert_eq!(first.to_string(), "[fd00:18::1]:8080 http: unknown -> up (connection refused, first probe)");
+    assert_eq!(
+        first.to_string(),
+        "[fd00:18::1]:8080 http /healthz: unknown -> up (connection refused, first probe)"
+    );
+    assert_eq!(exec(&["/usr/bin/check", "-q"], 1000, 500).to_string(), "198.18.0.1:4242 exec /usr/bin/check");
     assert_eq!(
         serde_json::to_string(&[Health::Unknown, Health::Up, Health::Down]).unwrap(),
         r#"["unknown","up","down"]"#
     );
+}
+
+#[test]
+fn event_queue_is_bounded_and_stale_probes_are_ignored() {
+    let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let task = runtime.spawn(async {}).abort_handle();
+    let shared = Shared::default();
+    let target = tcp(V4, 80, 1000, 500);
+    shared.lock().targets.insert(target.clone(), Entry::new(7, task));
+    let start = Instant::now();
+    let record = |generation, ok| {
+        let outcome = if ok { ProbeOutcome::Ok } else { ProbeOutcome::Refused };
+        shared.record(&target, generation, start, SystemTime::now(), Duration::from_millis(1), &outcome)
+    };
+    // A probe of an earlier task of an equal target (removed, then added again) changes nothing.
+    assert_eq!(record(6, true), None);
+    assert_eq!(shared.lock().targets[&target].status.probes, 0);
+    // rise = fall = 1: every probe flips the health.
+    for i in 0..MAX_QUEUED_EVENTS + 10 {
+        assert!(record(7, i % 2 == 0).is_some());
+    }
+    let state = shared.lock();
+    assert_eq!((state.events.len(), state.dropped_events), (MAX_QUEUED_EVENTS, 10));
+    // The oldest went first: the first kept event is the 11th transition, Down -> Up.
+    assert_eq!((state.events[0].from, state.events[0].to), (Health::Down, Health::Up));
+    assert_eq!(state.targets[&target].status.probes, MAX_QUEUED_EVENTS as u64 + 10);
 }
 
 // ---- probes against servers in a namespace ----
@@ -692,7 +721,7 @@ fn five_hundred_targets_at_one_second_do_not_drift() {
         let listeners: Vec<TcpListener> = (20000..20500).map(|port| Servers::listen(V4, port)).collect();
         let targets: Vec<CheckTarget> = (20000..20500).map(|port| tcp(V4, port, 1000, 500)).collect();
         let checker = started_with(&targets);
-        std::thread::sleep(Duration::from_millis(5300));
+        std::thread::sleep(Duration::from_millis(6300));
         let status = checker.status();
         drop(checker);
         drop(listeners);
@@ -722,7 +751,7 @@ fn a_hundred_hung_targets_do_not_delay_four_hundred_others() {
             })
             .collect();
         let checker = started_with(&[steady.clone(), hung.clone()].concat());
-        std::thread::sleep(Duration::from_millis(5300));
+        std::thread::sleep(Duration::from_millis(6300));
         let status = checker.status();
         drop(checker);
         drop(listeners);

@@ -14,6 +14,7 @@ use fwd_control::admin::{
     BackendStatus, BatchTimes, ReloadReport, Request, Response, ServiceStatus, StatsReport, StatusReport,
     WorkerStats,
 };
+use fwd_control::announce::{plan_prefixes, Announcer, ServiceServing};
 use fwd_control::config::{format_mac, host_port, load_config, BackendConfig, Config, ServiceConfig};
 use fwd_control::health::{CheckTarget, Health, HealthChecker};
 use fwd_control::metrics::Exposition;
@@ -131,6 +132,10 @@ pub struct Control {
     pub snapshots: Arc<ArcSwap<Snapshot>>,
     program: XdpProgram,
     health: HealthChecker,
+    /// Present with a `[bgp]` section: tells FRR which VIP prefixes to announce.
+    announcer: Option<Announcer>,
+    /// Set by the watchdog or at shutdown: nothing is announced any more.
+    announcing_stopped: bool,
     /// Which backends each check target decides for (a target shared by services runs once).
     checked: HashMap<CheckTarget, Vec<BackendId>>,
     pub workers: Vec<Arc<WorkerShared>>,
@@ -168,6 +173,10 @@ impl Control {
         let health = HealthChecker::start()?;
         let checked = check_targets(&config);
         health.set_targets(checked.keys().cloned());
+        let announcer = match &config.bgp {
+            Some(bgp) => Some(Announcer::spawn(bgp.clone())?),
+            None => None,
+        };
         Ok(Control {
             config,
             config_path,
@@ -179,6 +188,8 @@ impl Control {
             snapshots: Arc::new(ArcSwap::from_pointee(snap)),
             program,
             health,
+            announcer,
+            announcing_stopped: false,
             checked,
             workers: Vec::new(),
             epoch,
@@ -233,6 +244,71 @@ impl Control {
         if self.dirty {
             self.publish();
         }
+        self.update_announcements();
+    }
+
+    /// Tells the announcer which prefixes can serve now. Nothing is announced before every health
+    /// check has answered once (a box that has not looked yet must not draw traffic) or while no
+    /// worker runs.
+    fn update_announcements(&self) {
+        let Some(announcer) = &self.announcer else { return };
+        if self.announcing_stopped {
+            return;
+        }
+        let snap = self.snapshots.load();
+        let serving: HashMap<_, ServiceServing> = snap
+            .services
+            .iter()
+            .map(|s| {
+                let up = s
+                    .members
+                    .iter()
+                    .filter(|&&i| snap.backends.get(i as usize).is_some_and(|b| b.state == BackendState::Up))
+                    .count() as u32;
+                // An up member with weight 0 owns no slot: count only members that own slots.
+                let healthy = if s.table.is_empty() { 0 } else { up };
+                let fallback = s.fallback.as_ref().is_some_and(|f| !f.table.is_empty());
+                (s.key, ServiceServing { healthy_backends: healthy, fallback_can_serve: fallback })
+            })
+            .collect();
+        let prefixes = plan_prefixes(&self.config, &|key| serving.get(&key).copied().unwrap_or_default());
+        let running = !self.workers.is_empty() && self.health.all_answered();
+        announcer.set_desired(prefixes, running);
+    }
+
+    /// The watchdog's verdict: a worker whose heartbeat is older than `limit`, if any.
+    pub fn stalled_worker(&self, limit: Duration) -> Option<(usize, Duration)> {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.workers.iter().find_map(|w| {
+            let age = Duration::from_millis(now_ms.saturating_sub(w.heartbeat_ms.load(Ordering::Relaxed)));
+            (age > limit).then_some((w.core, age))
+        })
+    }
+
+    /// Withdraws everything and announces nothing from now on: the other boxes take the traffic.
+    pub fn fail_closed(&mut self, reason: &str) {
+        self.announcing_stopped = true;
+        if let Some(a) = &self.announcer {
+            a.fail_closed(reason);
+        }
+    }
+
+    /// At shutdown: withdraws every prefix and waits (bounded) until FRR confirms; returns how
+    /// long the forwarder should keep forwarding so that routers converge (`bgp.drain_time`).
+    pub fn withdraw_for_shutdown(&mut self) -> Duration {
+        self.announcing_stopped = true;
+        let (Some(a), Some(bgp)) = (&self.announcer, &self.config.bgp) else {
+            return Duration::ZERO;
+        };
+        let deadline = (bgp.vtysh_timeout * 3).max(Duration::from_secs(2));
+        match a.withdraw_all_and_wait(deadline) {
+            Ok(()) => eprintln!(
+                "fwd: every prefix withdrawn; forwarding for {} more while routers converge",
+                fwd_control::config::format_duration(bgp.drain_time)
+            ),
+            Err(e) => eprintln!("fwd: withdrawing at shutdown: {e}; draining anyway"),
+        }
+        bgp.drain_time
     }
 
     /// Rebuilds the snapshot from the config and live state and swaps it in.
@@ -315,6 +391,19 @@ impl Control {
                     let ids: HashSet<BackendId> = all_backend_ids(&self.config).collect();
                     self.live.drained.retain(|id| ids.contains(id));
                     self.live.down.retain(|id| ids.contains(id));
+                    match (&self.announcer, &self.config.bgp) {
+                        (Some(a), Some(bgp)) => a.reload(bgp.clone()),
+                        (Some(a), None) => {
+                            // `[bgp]` removed: withdraw what this fwd announced, then stop announcing.
+                            let _ = a.withdraw_all_and_wait(Duration::from_secs(5));
+                            self.announcer = None;
+                        }
+                        (None, Some(bgp)) => match Announcer::spawn(bgp.clone()) {
+                            Ok(a) => self.announcer = Some(a),
+                            Err(e) => eprintln!("fwd: reload: cannot start the BGP announcer: {e}"),
+                        },
+                        (None, None) => {}
+                    }
                     // Unchanged checks keep their state and schedule; new ones start Unknown.
                     self.checked = check_targets(&self.config);
                     self.health.set_targets(self.checked.keys().cloned());
@@ -481,7 +570,7 @@ impl Control {
             cluster_fingerprint: cluster_fingerprint(&snap),
             last_reload: self.last_reload.clone(),
             services,
-            bgp: None,
+            bgp: self.announcer.as_ref().and_then(|a| serde_json::to_value(a.status()).ok()),
         }
     }
 
@@ -691,6 +780,67 @@ impl Control {
                     Health::Unknown => -1.0,
                 },
             );
+        }
+        if let Some(a) = &self.announcer {
+            let st = a.status();
+            e.gauge(
+                "fwd_bgp_frr_reachable",
+                "1 when the last vtysh run reached bgpd, 0 when it failed, -1 before the first.",
+                &[],
+                match st.frr.reachable {
+                    Some(true) => 1.0,
+                    Some(false) => 0.0,
+                    None => -1.0,
+                },
+            );
+            e.counter(
+                "fwd_bgp_frr_consecutive_failures",
+                "vtysh runs that failed in a row.",
+                &[],
+                u64::from(st.frr.consecutive_failures),
+            );
+            e.gauge(
+                "fwd_bgp_fail_closed",
+                "1 when the watchdog withdrew everything.",
+                &[],
+                f64::from(u8::from(st.fail_closed.is_some())),
+            );
+            for p in &st.prefixes {
+                let prefix = p.prefix.to_string();
+                let l = [("prefix", prefix.as_str())];
+                let flag = |b: bool| f64::from(u8::from(b));
+                e.gauge(
+                    "fwd_bgp_prefix_can_serve",
+                    "1 when the prefix's services can serve.",
+                    &l,
+                    flag(p.can_serve),
+                );
+                e.gauge(
+                    "fwd_bgp_prefix_desired",
+                    "1 when the prefix should be announced.",
+                    &l,
+                    flag(p.desired),
+                );
+                e.gauge(
+                    "fwd_bgp_prefix_announced",
+                    "1 when fwd asks FRR to announce the prefix (after hold-down and damping).",
+                    &l,
+                    flag(p.effective),
+                );
+                e.gauge(
+                    "fwd_bgp_prefix_in_frr",
+                    "1 when FRR has the prefix, 0 when not, -1 unknown.",
+                    &l,
+                    p.in_frr.map_or(-1.0, flag),
+                );
+                e.gauge("fwd_bgp_prefix_penalty", "Flap-damping penalty now.", &l, p.penalty);
+                e.gauge(
+                    "fwd_bgp_prefix_suppressed",
+                    "1 while damping suppresses the prefix.",
+                    &l,
+                    flag(p.suppressed),
+                );
+            }
         }
         if let Ok(x) = self.program.counters() {
             e.counter(

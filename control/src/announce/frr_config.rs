@@ -41,7 +41,8 @@ pub fn parse_running_config(text: &str) -> Result<FrrBgpState, RunningConfigErro
         let words: Vec<&str> = line.split_whitespace().collect();
         if top_level {
             family_v4 = None;
-            in_default_instance = matches!(words.as_slice(), ["router", "bgp", asn] if asn.parse::<u32>().is_ok());
+            in_default_instance =
+                matches!(words.as_slice(), ["router", "bgp", asn] if asn.parse::<u32>().is_ok());
             state.has_instance |= in_default_instance;
             continue;
         }
@@ -100,7 +101,8 @@ mod tests {
         let text = "Building configuration...\n\nCurrent configuration:\n!\nfrr version 8.4.4\n\
                     frr defaults traditional\nhostname vm\n!\nend\n";
         assert_eq!(parse_running_config(text).unwrap(), FrrBgpState::default());
-        let vrf_only = "router bgp 65009 vrf blue\n address-family ipv4 unicast\n  network 198.18.200.1/32\n \
+        let vrf_only =
+            "router bgp 65009 vrf blue\n address-family ipv4 unicast\n  network 198.18.200.1/32\n \
                         exit-address-family\nexit\n!\nend\n";
         assert_eq!(parse_running_config(vrf_only).unwrap(), FrrBgpState::default());
     }

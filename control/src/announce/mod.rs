@@ -543,7 +543,8 @@ impl Worker {
     /// Reads FRR's state if needed, sends what differs in one vtysh run, and reads back.
     fn execute(&self, job: &Job) -> Result<PassResult, VtyshError> {
         let mut read = false;
-        let mut known: BTreeMap<IpPrefix, Option<bool>> = job.items.iter().map(|&(p, _, frr)| (p, frr)).collect();
+        let mut known: BTreeMap<IpPrefix, Option<bool>> =
+            job.items.iter().map(|&(p, _, frr)| (p, frr)).collect();
         if job.full_read || known.values().any(Option::is_none) {
             let state = self.vtysh.read_state()?;
             read = true;
@@ -559,7 +560,8 @@ impl Worker {
             }
             if believed == Some(effective) {
                 // The decision did not change, FRR did: bgpd restarted, or someone edited it.
-                let what = if effective { "lost it; announcing it again" } else { "has it; withdrawing it again" };
+                let what =
+                    if effective { "lost it; announcing it again" } else { "has it; withdrawing it again" };
                 eprintln!("fwd: bgp: {prefix}: FRR {what}");
             }
             changes.push(if effective { Change::Announce(prefix) } else { Change::Withdraw(prefix) });
@@ -625,7 +627,10 @@ impl Worker {
                 let backoff = (FIRST_RETRY * 2u32.pow(doublings)).min(st.config.reconcile_interval);
                 let message = error.to_string();
                 if st.frr.last_error.as_ref() != Some(&message) {
-                    logs.push(format!("fwd: bgp: {message}; retrying every {} at most", format_duration(backoff)));
+                    logs.push(format!(
+                        "fwd: bgp: {message}; retrying every {} at most",
+                        format_duration(backoff)
+                    ));
                 }
                 st.frr.reachable = Some(error.reached_frr());
                 st.frr.last_error = Some(message);
@@ -827,7 +832,8 @@ done"#,
         announcer.fail_closed("test watchdog");
         announcer.reload(bgp_config(dir.join("vtysh")));
         assert!(start.elapsed() < Duration::from_millis(50), "callers waited {:?}", start.elapsed());
-        let status = wait_for(&announcer, Duration::from_secs(5), "two failures", |s| s.frr.consecutive_failures >= 2);
+        let status =
+            wait_for(&announcer, Duration::from_secs(5), "two failures", |s| s.frr.consecutive_failures >= 2);
         assert_eq!(status.frr.reachable, Some(false));
         assert!(status.frr.last_error.as_deref().unwrap().contains("bgpd is not reachable"), "{status:?}");
         assert_eq!(status.prefixes[0].in_frr, None);
@@ -840,7 +846,10 @@ done"#,
         assert!((1..=4).contains(&during), "{during} attempts in 2.1 s");
         let err = announcer.withdraw_all_and_wait(Duration::from_millis(300)).unwrap_err();
         assert!(matches!(err, AnnounceError::NotConfirmed { .. }), "{err}");
-        assert!(err.to_string().contains("198.18.100.1/32") && err.to_string().contains("not reachable"), "{err}");
+        assert!(
+            err.to_string().contains("198.18.100.1/32") && err.to_string().contains("not reachable"),
+            "{err}"
+        );
         // FRR comes back: confirmed, and still withdrawn (fail closed).
         std::fs::remove_file(dir.join("down")).unwrap();
         announcer.withdraw_all_and_wait(Duration::from_secs(5)).unwrap();

@@ -31,7 +31,10 @@ pub fn host_prefix(addr: IpAddr) -> IpPrefix {
 /// Every prefix fwd announces under `config`, sorted, with whether it can serve. A configured
 /// prefix that covers no service is listed as unable to serve, so it is withdrawn if present.
 /// Without `[bgp]` the list is empty.
-pub fn plan_prefixes(config: &Config, healthy: &dyn Fn(ServiceKey) -> ServiceServing) -> Vec<(IpPrefix, bool)> {
+pub fn plan_prefixes(
+    config: &Config,
+    healthy: &dyn Fn(ServiceKey) -> ServiceServing,
+) -> Vec<(IpPrefix, bool)> {
     let Some(bgp) = &config.bgp else { return Vec::new() };
     // Per prefix: Some(min_healthy) for configured ones, None for host prefixes (bgp.min_healthy),
     // and whether every service seen so far can serve (None: no service yet).

@@ -279,7 +279,8 @@ impl Vtysh {
             };
         }
         let shown: Vec<String> = args.iter().map(|a| a.to_string_lossy().into_owned()).collect();
-        let output = [stdout, stderr].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" | ");
+        let output =
+            [stdout, stderr].iter().filter(|s| !s.is_empty()).copied().collect::<Vec<_>>().join(" | ");
         VtyshError::Unexpected {
             program,
             what: format!("{} exited with {}", shown.join(" "), out.status),
@@ -435,10 +436,7 @@ mod tests {
             expected.push(c.into());
         }
         assert_eq!(strings(&args), expected);
-        assert_eq!(
-            owners,
-            [None, None, None, Some(2), Some(0), Some(3), None, None, Some(4), Some(1), None]
-        );
+        assert_eq!(owners, [None, None, None, Some(2), Some(0), Some(3), None, None, Some(4), Some(1), None]);
         // One family only: no empty address-family block.
         let (args, _) = vtysh.change_args(&[Change::Withdraw(v6("fd00:18:100::1/128"))]);
         let commands: Vec<String> = strings(&args).into_iter().skip(5).filter(|a| a != "-c").collect();

@@ -723,7 +723,13 @@ def scenario_metrics():
     S.check(not bad_counters, "every counter ends in _total (%s)" % (bad_counters or "yes"))
     unparsable = [l["line"] for n, l, _ in m.samples if n == "unparsable"]
     S.check(not unparsable, "every sample line parses (%s)" % unparsable[:2])
-    undeclared = sorted({n for n, _, _ in m.samples if n not in m.types})
+    # A summary's NAME_sum and NAME_count belong to its family NAME.
+    def family(n):
+        for suffix in ("_sum", "_count"):
+            if n.endswith(suffix) and m.types.get(n[: -len(suffix)]) == "summary":
+                return n[: -len(suffix)]
+        return n
+    undeclared = sorted({n for n, _, _ in m.samples if family(n) not in m.types})
     S.check(not undeclared, "every sample belongs to a declared family (%s)" % undeclared[:3])
 
     info = m.of("fwd_build_info")
@@ -754,7 +760,7 @@ def scenario_metrics():
     S.check(quantiles and all(list(q) == order and all(0 <= q[a] <= q[b] < 1 for a, b in zip(order, order[1:]))
                               for q in quantiles.values()),
             "fwd_worker_batch_duration_seconds: quantiles 0.5..1 per core, ordered, below 1 s")
-    timed = [v for _, v in m.of("fwd_worker_batch_duration_samples_total")]
+    timed = [v for _, v in m.of("fwd_worker_batch_duration_seconds_count")]
     rx = [v for _, v in m.of("fwd_worker_rx_packets_total")]
     S.check(timed and all(v > 0 for v in timed) and rx and all(v > 0 for v in rx),
             "every worker received packets and timed its batches (rx %s, batches timed %s)" % (rx, timed))

@@ -81,6 +81,7 @@ fn main() -> Result<()> {
             BindArg::ZeroCopy => BindMode::ZeroCopy,
         },
         need_wakeup: !args.no_need_wakeup,
+        ..PortConfig::default()
     };
     let mut port = Port::open(&args.iface, args.queue, &config)?;
     program.register_port(&port)?;

@@ -561,3 +561,171 @@ fn summary_text(report: &serde_json::Value) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod testnet;
+
+#[cfg(test)]
+mod tests {
+    //! End to end, in network namespaces (root): the test binary runs itself again inside a
+    //! namespace (`ip netns exec`), as the generator or the sink, through the same `run` as the
+    //! command line; the parent checks what arrived.
+
+    use super::*;
+    use crate::testnet::{child_args, run_child, spawn_child, Testnet, IFACE, MAC_A, MAC_B};
+    use std::time::Instant;
+
+    /// In a child: runs fwd-pktgen with the arguments the parent passed and returns true.
+    fn as_child() -> bool {
+        match child_args() {
+            Some(argv) => {
+                let args = Args::parse_from(std::iter::once("fwd-pktgen".to_string()).chain(argv));
+                if let Err(e) = run(&args) {
+                    panic!("fwd-pktgen in the child failed: {e:#}");
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    const RATE_TEST: &str = "tests::the_rate_limiter_hits_the_asked_rate";
+
+    #[test]
+    fn the_rate_limiter_hits_the_asked_rate() {
+        if as_child() {
+            return;
+        }
+        const RATE: f64 = 20_000.0;
+        let net = Testnet::new();
+        let before = net.rx_packets(&net.b);
+        let report = run_child(
+            &net.a,
+            RATE_TEST,
+            &[
+                "--iface",
+                IFACE,
+                "--dst",
+                "198.18.100.1:80",
+                "--dst-mac",
+                MAC_B,
+                "--flows",
+                "100",
+                "--rate",
+                "20k",
+                "--duration",
+                "1",
+                "--count",
+                "0",
+                "--json",
+                "--progress",
+                "never",
+            ],
+        );
+        // Let the last frames land.
+        std::thread::sleep(Duration::from_millis(200));
+        let arrived = (net.rx_packets(&net.b) - before) as f64;
+        let sent = report["sent"]["packets"].as_f64().unwrap();
+        let seconds = report["sent"]["seconds"].as_f64().unwrap();
+        assert!((0.98..1.1).contains(&seconds), "sent for {seconds} s: {report}");
+        assert!((sent / RATE - 1.0).abs() < 0.05, "sent {sent} packets in 1 s at 20 kpps: {report}");
+        // The receiving veth counts every frame (and maybe a stray IPv6 router solicitation).
+        assert!((arrived / RATE - 1.0).abs() < 0.05, "{arrived} arrived for 20000 asked");
+        assert!(arrived >= sent, "{arrived} arrived, {sent} sent");
+    }
+
+    const SINK_TEST: &str = "tests::the_sink_counts_every_flow_and_packet_over_each_io";
+
+    #[test]
+    fn the_sink_counts_every_flow_and_packet_over_each_io() {
+        if as_child() {
+            return;
+        }
+        for io in ["xdp", "packet"] {
+            let net = Testnet::new();
+            let sink = spawn_child(
+                &net.b,
+                SINK_TEST,
+                &[
+                    "--sink",
+                    "--iface",
+                    IFACE,
+                    "--io",
+                    io,
+                    "--duration",
+                    "30",
+                    "--idle-exit",
+                    "1",
+                    "--json",
+                    "--progress",
+                    "never",
+                ],
+            );
+            // Wait until the sink listens: its XDP program is attached, or its socket open.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !net.sink_ready(&net.b, io == "xdp") {
+                assert!(Instant::now() < deadline, "the sink did not start");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let sent = run_child(
+                &net.a,
+                SINK_TEST,
+                &[
+                    "--iface",
+                    IFACE,
+                    "--io",
+                    io,
+                    "--dst",
+                    "198.18.100.1:80",
+                    "--dst",
+                    "[fd00:18:100::1]:443",
+                    "--dst-mac",
+                    MAC_B,
+                    "--src-mac",
+                    MAC_A,
+                    "--proto",
+                    "tcp",
+                    "--tcp-flags",
+                    "mix",
+                    "--flows",
+                    "1000",
+                    "--size",
+                    "imix",
+                    "--rate",
+                    "10k",
+                    "--count",
+                    "4000",
+                    "--json",
+                    "--progress",
+                    "never",
+                ],
+            );
+            let report = sink.finish();
+            let s = &report["sink"];
+            assert_eq!(sent["sent"]["packets"], 4000, "{io}: {sent}");
+            assert_eq!(s["ours"], 4000, "{io}: {report}");
+            assert_eq!((s["expected"].as_u64(), s["lost"].as_u64()), (Some(4000), Some(0)), "{io}: {report}");
+            assert_eq!(s["flows_seen"], 1000, "{io}");
+            assert_eq!(
+                s["encapsulation"],
+                serde_json::json!([["plain-v4", 2000], ["plain-v6", 2000]]),
+                "{io}"
+            );
+            let destinations: Vec<&str> = s["destinations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["destination"].as_str().unwrap())
+                .collect();
+            assert_eq!(destinations, ["198.18.100.1:80", "[fd00:18:100::1]:443"], "{io}");
+            assert_eq!(s["destinations"][0]["backends"][0]["backend"], format!("mac {MAC_B}"), "{io}");
+            let latency = &s["latency_ns"];
+            assert!(
+                latency["min"].as_u64().unwrap() > 0 && latency["p50"].as_u64() <= latency["max"].as_u64(),
+                "{latency}"
+            );
+            // 500 flows per destination: all 256 IPv4 sources (a /24), 500 of the /112.
+            assert_eq!(s["sources"]["distinct"], 256 + 500, "{io}");
+        }
+    }
+}

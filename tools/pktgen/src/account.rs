@@ -209,15 +209,12 @@ impl Accounting {
         };
         self.ours += 1;
         self.encaps[d.encap.index()] += 1;
-        match self.streams.get_mut(&payload.stream) {
-            Some(stream) => stream.record(payload.seq),
-            None => {
-                self.streams.insert(payload.stream, Stream::new(payload.seq));
-            }
-        }
-        if let Some(stream) = self.streams.get_mut(&payload.stream) {
-            stream.note_flow(payload.flow);
-        }
+        let stream = self
+            .streams
+            .entry(payload.stream)
+            .and_modify(|s| s.record(payload.seq))
+            .or_insert_with(|| Stream::new(payload.seq));
+        stream.note_flow(payload.flow);
         if payload.sent_ns <= now_ns {
             self.latency.saturating_record((now_ns - payload.sent_ns).max(1));
         } else {

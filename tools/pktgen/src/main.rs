@@ -130,6 +130,10 @@ struct Args {
     /// Receiving: seconds to keep listening after sending stopped.
     #[arg(long, default_value_t = 0.5)]
     drain: f64,
+    /// Receiving: after 1024 empty polls in a row, sleep this many microseconds (0: spin). Lets
+    /// the interface's NAPI thread run when it shares the core.
+    #[arg(long, default_value_t = 50)]
+    idle_sleep_us: u64,
     /// Sink: stop once nothing arrived for this many seconds (after something did).
     #[arg(long)]
     idle_exit: Option<f64>,
@@ -302,6 +306,7 @@ fn run(args: &Args) -> Result<()> {
                 count,
                 deadline_ns,
                 drain: Duration::from_secs_f64(args.drain.max(0.0)),
+                idle_sleep: Duration::from_micros(args.idle_sleep_us),
                 accounting: receiving.then(|| account::Accounting::new(args.gue_port)),
                 core: args.cores.get(t as usize).copied(),
             });

@@ -81,6 +81,8 @@ pub struct Job {
     pub deadline_ns: Option<u64>,
     /// Receiving: keep going this long after sending stopped (in-flight frames).
     pub drain: Duration,
+    /// Receiving: after 1024 idle loops in a row, sleep this long (0: spin).
+    pub idle_sleep: Duration,
     pub accounting: Option<Accounting>,
     pub core: Option<usize>,
 }
@@ -113,6 +115,7 @@ pub fn run_thread(mut job: Job, stop: &AtomicBool, progress: &Progress) -> Outco
     let sending = job.source.is_some();
     let mut send_ended = started;
     let mut drain_until: Option<u64> = if sending { None } else { Some(u64::MAX) };
+    let mut idle_loops = 0u32;
 
     loop {
         let now = monotonic_ns();
@@ -163,6 +166,15 @@ pub fn run_thread(mut job: Job, stop: &AtomicBool, progress: &Progress) -> Outco
                 progress.unique.store(unique, Ordering::Relaxed);
             }
         }
+        if sent_now == 0 && received == 0 {
+            idle_loops += 1;
+            // A sink shares its core with the NAPI thread that fills its ring: let it run.
+            if receiving && idle_loops.is_multiple_of(1024) && !job.idle_sleep.is_zero() {
+                std::thread::sleep(job.idle_sleep);
+            }
+        } else {
+            idle_loops = 0;
+        }
         match drain_until {
             Some(until) if now >= until => break,
             Some(_) if !receiving => {
@@ -173,12 +185,7 @@ pub fn run_thread(mut job: Job, stop: &AtomicBool, progress: &Progress) -> Outco
                 job.endpoint.transmit(0, |_, _| 0);
                 std::thread::yield_now();
             }
-            Some(_) => {
-                if received == 0 {
-                    // A sink with nothing to do: give the core back now and then.
-                    std::thread::sleep(Duration::from_micros(20));
-                }
-            }
+            Some(_) => {}
             None => {
                 if sent_now == 0 && received == 0 {
                     let wait = pacer.wait(monotonic_ns(), seq);

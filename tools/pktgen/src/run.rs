@@ -149,15 +149,23 @@ pub fn run_thread(mut job: Job, stop: &AtomicBool, progress: &Progress) -> Outco
         }
         let mut received = 0;
         if let Some(accounting) = job.accounting.as_mut() {
-            let mut at = 0u64;
-            received = job.endpoint.receive_each(BATCH, |frame| {
-                if at == 0 {
-                    // After the frames reached the ring: never before they were sent.
-                    at = monotonic_ns();
+            // Receive before sending more: a sink that falls behind its own generator would drop
+            // frames (an empty fill ring) and blame the device under test. Up to 8 batches.
+            for _ in 0..8 {
+                let mut at = 0u64;
+                let got = job.endpoint.receive_each(BATCH, |frame| {
+                    if at == 0 {
+                        // After the frames reached the ring: never before they were sent.
+                        at = monotonic_ns();
+                    }
+                    rx_bytes += frame.len() as u64;
+                    accounting.record(frame, at);
+                });
+                received += got;
+                if got < BATCH {
+                    break;
                 }
-                rx_bytes += frame.len() as u64;
-                accounting.record(frame, at);
-            });
+            }
             if received > 0 {
                 let (expected, unique) = accounting.expected_and_unique();
                 progress.rx_frames.store(accounting.frames, Ordering::Relaxed);

@@ -7,6 +7,9 @@
 // `xsks` is passed too (bpf_redirect_map's fallback) and counted apart, so a misconfigured queue
 // shows up in the counters instead of silently black-holing traffic.
 //
+// A traffic sink sets SETTING_CAPTURE_ALL_IP in `settings`: then every IPv4/IPv6 frame (ND still
+// excepted) goes to the socket whatever its destination, and `vips` is not consulted.
+//
 // Keys are 16 bytes: IPv6 as is, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d), the encoding of
 // fwd_dataplane::flow::ip_to_16. The layout of the maps and counters is mirrored in
 // src/program.rs; change both together.
@@ -25,6 +28,9 @@
 // ICMPv6 neighbour discovery types (RFC 4861): router solicitation .. redirect.
 #define ND_ROUTER_SOLICIT 133
 #define ND_REDIRECT 137
+
+// Bits of settings[0].
+#define SETTING_CAPTURE_ALL_IP 1
 
 enum counter {
 	COUNTER_REDIRECTED = 0,    // VIP frame handed to the queue's socket
@@ -55,6 +61,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} settings SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -126,7 +139,11 @@ int fwd_xdp(struct xdp_md *ctx)
 		goto pass;
 	}
 
-	if (!bpf_map_lookup_elem(&vips, &key))
+	__u32 settings_key = 0;
+	__u32 *flags = bpf_map_lookup_elem(&settings, &settings_key);
+	int capture_all = flags && (*flags & SETTING_CAPTURE_ALL_IP);
+
+	if (!capture_all && !bpf_map_lookup_elem(&vips, &key))
 		goto pass;
 
 	long action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);

@@ -61,6 +61,10 @@ struct Args {
     /// Frames per poll (at most 64).
     #[arg(long, default_value_t = MAX_BATCH)]
     batch: usize,
+    /// After 1024 empty polls in a row, sleep this many microseconds (fwd's `--idle-sleep-us`:
+    /// 0 busy-polls; set it where the poller shares its core with the interface's NAPI thread).
+    #[arg(long, default_value_t = 0)]
+    idle_sleep_us: u64,
 }
 
 fn main() -> Result<()> {
@@ -81,6 +85,7 @@ fn main() -> Result<()> {
             BindArg::ZeroCopy => BindMode::ZeroCopy,
         },
         need_wakeup: !args.no_need_wakeup,
+        ..PortConfig::default()
     };
     let mut port = Port::open(&args.iface, args.queue, &config)?;
     program.register_port(&port)?;
@@ -112,11 +117,18 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
     let mut polls_since_clock = 0u32;
+    let mut empty_streak = 0u32;
+    let idle_sleep = Duration::from_micros(args.idle_sleep_us);
     loop {
         if port.poll(args.batch, &mut swap) == 0 {
             empty_polls += 1;
+            empty_streak += 1;
+            if empty_streak.is_multiple_of(1024) && !idle_sleep.is_zero() {
+                std::thread::sleep(idle_sleep);
+            }
         } else {
             busy_polls += 1;
+            empty_streak = 0;
         }
         polls_since_clock += 1;
         if polls_since_clock >= 1024 {

@@ -5,6 +5,10 @@
 //!   it to an interface, keeps its `vips` map in sync and registers each queue's socket.
 //! - [`Port`] is one AF_XDP socket with its own UMEM, bound to one queue; it implements
 //!   [`fwd_dataplane::io::PacketIo`], so the pipeline sees batches of [`fwd_dataplane::frame::Frame`]s.
+//!   A port can also set frames aside for traffic it generates ([`Port::transmit`]) and show
+//!   received frames read-only ([`Port::receive_each`]): the two halves of a traffic generator.
+//! - [`PacketSocket`] is an AF_PACKET socket with the same transmit/receive shape, the fallback
+//!   where AF_XDP is unavailable.
 //!
 //! Typical start-up for one interface:
 //! ```no_run
@@ -22,12 +26,14 @@
 //! This is the only crate of the workspace with `unsafe` code: every block says why it is sound.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod packet;
 pub mod port;
 pub mod program;
 mod sys;
 #[cfg(test)]
 mod testnet;
 
+pub use packet::{PacketConfig, PacketError, PacketSocket, PacketStats};
 pub use port::{BindMode, BoundMode, KernelStats, Port, PortConfig, PortError, PortStats};
 pub use program::{
     AttachMode, AttachReport, AttachedMode, ProgramError, RemovedProgram, VipSync, XdpCounters, XdpProgram,

@@ -103,11 +103,21 @@ pub struct PortConfig {
     pub bind_mode: BindMode,
     /// Let the kernel say when it needs a `sendto()`/`recvfrom()` kick instead of kicking always.
     pub need_wakeup: bool,
+    /// Frames set aside for [`Port::transmit`] (traffic this process generates) instead of the
+    /// fill ring: the last `tx_frames` chunks of the UMEM. 0, the default, for a port that only
+    /// sends back what it received; `frame_count` for a transmit-only port.
+    pub tx_frames: u32,
 }
 
 impl Default for PortConfig {
     fn default() -> Self {
-        PortConfig { frame_count: 4096, frame_size: 2048, bind_mode: BindMode::Auto, need_wakeup: true }
+        PortConfig {
+            frame_count: 4096,
+            frame_size: 2048,
+            bind_mode: BindMode::Auto,
+            need_wakeup: true,
+            tx_frames: 0,
+        }
     }
 }
 
@@ -124,6 +134,9 @@ impl PortConfig {
         if !self.frame_count.is_power_of_two() || !(MIN_FRAMES..=MAX_FRAMES).contains(&self.frame_count) {
             return Err(PortError::FrameCount { frame_count: self.frame_count });
         }
+        if self.tx_frames > self.frame_count {
+            return Err(PortError::TxFrames { tx_frames: self.tx_frames, frame_count: self.frame_count });
+        }
         Ok(())
     }
 }
@@ -137,7 +150,7 @@ pub struct PortStats {
     pub tx_frames: u64,
     /// `Pass` verdicts: recycled, since AF_XDP cannot hand a frame to the kernel's stack.
     pub pass_recycled: u64,
-    /// `Drop` verdicts, recycled.
+    /// `Drop` verdicts, recycled (and the frames [`Port::receive_each`] showed).
     pub drop_recycled: u64,
     /// `Tx` verdicts on an empty frame, recycled (the kernel would reject the descriptor).
     pub tx_empty: u64,
@@ -205,6 +218,8 @@ pub enum PortError {
     Umem { bytes: u64, source: io::Error, hint: &'static str },
     #[error("cannot bind an AF_XDP socket to `{ifname}` queue {queue} in {mode} mode: {source}{hint}")]
     Bind { ifname: String, queue: u32, mode: BoundMode, source: io::Error, hint: &'static str },
+    #[error("tx_frames {tx_frames} is not allowed: at most frame_count ({frame_count}) frames can be set aside for transmit")]
+    TxFrames { tx_frames: u32, frame_count: u32 },
     #[error("the fill ring took {placed} of {frame_count} frames at startup")]
     FillRing { placed: u32, frame_count: u32 },
 }
@@ -361,8 +376,13 @@ pub struct Port {
     frame_size: u64,
     frame_count: u32,
     held: HeldFrames,
-    /// Frames on the TX ring or the completion ring, not yet back on the fill ring.
+    /// Frames on the TX ring or the completion ring, not yet back on the fill ring or `tx_free`.
     tx_in_flight: u32,
+    /// Chunks from here on belong to [`Port::transmit`]; the ones below receive.
+    tx_base: u64,
+    /// Transmit chunks not in flight, used last-in first-out so that the next frame written is
+    /// the one most likely still in the cache. Allocated once, at its full size.
+    tx_free: Vec<u64>,
     tx_budget: Option<u32>,
     stats: PortStats,
 }
@@ -548,6 +568,11 @@ impl Port {
             frame_count: config.frame_count,
             held: HeldFrames::new(config.frame_count),
             tx_in_flight: 0,
+            tx_base: u64::from(config.frame_count - config.tx_frames) * u64::from(config.frame_size),
+            tx_free: (config.frame_count - config.tx_frames..config.frame_count)
+                .rev()
+                .map(|frame| u64::from(frame) * u64::from(config.frame_size))
+                .collect(),
             tx_budget: None,
             stats: PortStats::default(),
         };
@@ -575,18 +600,22 @@ impl Port {
     }
 
     fn fill_all(&mut self) -> Result<(), PortError> {
+        let receive_frames = (self.tx_base / self.frame_size) as u32;
+        if receive_frames == 0 {
+            return Ok(());
+        }
         let fill = self.umem.fill.ptr();
         let mut idx = 0u32;
         // SAFETY: the fill ring was set up by xsk_umem__create; `idx` lives across the call.
-        let placed = unsafe { xdp::xsk_ring_prod__reserve(fill, self.frame_count, &mut idx) };
+        let placed = unsafe { xdp::xsk_ring_prod__reserve(fill, receive_frames, &mut idx) };
         for i in 0..placed {
             // SAFETY: slots idx..idx+placed were just reserved.
             unsafe { *fill_slot(fill, idx.wrapping_add(i)) = u64::from(i) * self.frame_size };
         }
         // SAFETY: exactly the reserved slots were written.
         unsafe { xdp::xsk_ring_prod__submit(fill, placed) };
-        if placed != self.frame_count {
-            return Err(PortError::FillRing { placed, frame_count: self.frame_count });
+        if placed != receive_frames {
+            return Err(PortError::FillRing { placed, frame_count: receive_frames });
         }
         Ok(())
     }
@@ -646,7 +675,8 @@ impl Port {
         })
     }
 
-    /// Moves completed transmissions from the completion ring back to the fill ring.
+    /// Moves completed transmissions back where their frames belong: received frames to the fill
+    /// ring, generated ones to `tx_free`.
     #[inline]
     fn reclaim_completions(&mut self) {
         if self.tx_in_flight == 0 {
@@ -660,25 +690,161 @@ impl Port {
         if done == 0 {
             return;
         }
-        let mut fill_idx = 0u32;
-        // SAFETY: the fill ring is live and only this port produces on it.
-        let placed = unsafe { xdp::xsk_ring_prod__reserve(fill, done, &mut fill_idx) };
         let chunk_mask = !(self.frame_size - 1);
-        for i in 0..placed {
-            // SAFETY: completion slots comp_idx..+done were peeked and fill slots fill_idx..+placed
-            // reserved (placed <= done).
-            unsafe {
-                let addr = *comp_slot(comp, comp_idx.wrapping_add(i));
-                *fill_slot(fill, fill_idx.wrapping_add(i)) = addr & chunk_mask;
+        let umem_len = self.umem.area.len as u64;
+        let completed = |i: u32| {
+            // SAFETY: called only with i < done, and completion slots comp_idx..+done were peeked.
+            unsafe { *comp_slot(comp, comp_idx.wrapping_add(i)) & chunk_mask }
+        };
+        let to_fill = (0..done).filter(|&i| completed(i) < self.tx_base).count() as u32;
+        let mut fill_idx = 0u32;
+        if to_fill > 0 {
+            // SAFETY: the fill ring is live and only this port produces on it. libxdp reserves
+            // all or nothing; the fill ring holds the whole UMEM, so there is always room.
+            if unsafe { xdp::xsk_ring_prod__reserve(fill, to_fill, &mut fill_idx) } != to_fill {
+                // Cannot happen; leave the completions where they are for the next call.
+                return;
             }
         }
-        // SAFETY: exactly `placed` fill slots were written and `placed` completion entries read;
-        // any others stay on the completion ring for the next call.
-        unsafe {
-            xdp::xsk_ring_prod__submit(fill, placed);
-            xdp::xsk_ring_cons__release(comp, placed);
+        let mut filled = 0u32;
+        for i in 0..done {
+            let chunk = completed(i);
+            if chunk < self.tx_base {
+                // SAFETY: fill slots fill_idx..+to_fill were reserved and filled < to_fill.
+                unsafe { *fill_slot(fill, fill_idx.wrapping_add(filled)) = chunk };
+                filled += 1;
+            } else if chunk < umem_len && self.tx_free.len() < self.tx_free.capacity() {
+                // Within capacity: tx_free never reallocates.
+                self.tx_free.push(chunk);
+            } else {
+                self.stats.lost_frames += 1;
+            }
         }
-        self.tx_in_flight = self.tx_in_flight.saturating_sub(placed);
+        // SAFETY: exactly `to_fill` fill slots were written and all `done` completion entries
+        // read.
+        unsafe {
+            if to_fill > 0 {
+                xdp::xsk_ring_prod__submit(fill, to_fill);
+            }
+            xdp::xsk_ring_cons__release(comp, done);
+        }
+        self.tx_in_flight = self.tx_in_flight.saturating_sub(done);
+    }
+
+    /// Generated frames that can be written right now (not on a ring).
+    pub fn tx_free_frames(&self) -> usize {
+        self.tx_free.len()
+    }
+
+    /// Frames set aside for [`transmit`](Self::transmit) (`PortConfig::tx_frames`).
+    pub fn tx_frames(&self) -> u32 {
+        self.frame_count - (self.tx_base / self.frame_size) as u32
+    }
+
+    /// Sends up to `max` (at most [`MAX_BATCH`]) generated frames: for each free transmit frame,
+    /// `write(i, chunk)` writes frame `i` of this batch at the start of `chunk` (the whole UMEM
+    /// chunk, `frame_size` bytes) and returns its length; 0 ends the batch there. The frames go on
+    /// the TX ring together, with one kick. Returns how many were queued: the caller's frames
+    /// `0..n` will be sent, any others it wrote were not.
+    ///
+    /// First reclaims completed frames, so a caller that calls this in a loop never runs dry for
+    /// long; with no free frame it only kicks the kernel if earlier frames still wait on the ring.
+    /// A chunk keeps whatever the caller wrote last time it used that chunk (the kernel never
+    /// writes transmit chunks), and starts out zeroed.
+    #[inline]
+    pub fn transmit<F>(&mut self, max: usize, mut write: F) -> usize
+    where
+        F: FnMut(usize, &mut [u8]) -> usize,
+    {
+        self.reclaim_completions();
+        let want = max.min(MAX_BATCH).min(self.tx_free.len());
+        if want == 0 {
+            if self.tx_in_flight > 0 && self.tx_ring_pending() {
+                self.kick_tx();
+            }
+            return 0;
+        }
+        let base = self.umem.area.base.as_ptr();
+        let frame_size = self.frame_size as usize;
+        let mut written: ArrayVec<(u64, u32), MAX_BATCH> = ArrayVec::new();
+        for i in 0..want {
+            let Some(chunk) = self.tx_free.pop() else { break };
+            // SAFETY: `chunk` came from `tx_free`, which holds offsets of whole chunks inside the
+            // mapping (set at open, and checked against the mapping's length when reclaimed), each
+            // at most once: a chunk is either in `tx_free` or in flight, never both. A free chunk
+            // is on no ring, so the kernel does not touch it, and the slice lives only for this
+            // call of `write`.
+            let buf = unsafe { std::slice::from_raw_parts_mut(base.add(chunk as usize), frame_size) };
+            let len = write(i, buf).min(frame_size);
+            if len == 0 {
+                self.tx_free.push(chunk);
+                break;
+            }
+            // At most `want` <= MAX_BATCH pushes.
+            let _ = written.try_push((chunk, len as u32));
+        }
+        if written.is_empty() {
+            return 0;
+        }
+        let tx = self.socket.tx.ptr();
+        let mut idx = 0u32;
+        let n = written.len() as u32;
+        // SAFETY: the TX ring is live and only this port produces on it. All or nothing; the ring
+        // holds the whole UMEM, so there is always room.
+        if unsafe { xdp::xsk_ring_prod__reserve(tx, n, &mut idx) } != n {
+            self.stats.tx_ring_full += u64::from(n);
+            self.tx_free.extend(written.iter().map(|&(chunk, _)| chunk));
+            return 0;
+        }
+        for (i, &(chunk, len)) in written.iter().enumerate() {
+            // SAFETY: slot idx+i is among the `n` reserved ones.
+            unsafe {
+                let slot = tx_slot(tx, idx.wrapping_add(i as u32));
+                (*slot).addr = chunk;
+                (*slot).len = len;
+                (*slot).options = 0;
+            }
+        }
+        // SAFETY: exactly the reserved slots were written.
+        unsafe { xdp::xsk_ring_prod__submit(tx, n) };
+        self.tx_in_flight += n;
+        self.stats.tx_frames += u64::from(n);
+        self.kick_tx();
+        written.len()
+    }
+
+    /// Receives up to `max` (at most [`MAX_BATCH`]) frames, shows each to `inspect` (read only)
+    /// and puts it straight back on the fill ring: the receive path of a traffic sink. Returns
+    /// how many frames were received (0: nothing was waiting; the kernel got any kick it needed).
+    #[inline]
+    pub fn receive_each<F>(&mut self, max: usize, mut inspect: F) -> usize
+    where
+        F: FnMut(&[u8]),
+    {
+        self.reclaim_completions();
+        let mut spans: ArrayVec<Span, MAX_BATCH> = ArrayVec::new();
+        let received = self.receive(max.min(MAX_BATCH) as u32, &mut spans);
+        if received == 0 {
+            self.idle();
+            return 0;
+        }
+        let base = self.umem.area.base.as_ptr();
+        for span in &spans {
+            // SAFETY: `receive` checked chunk + frame_size <= the mapping's length and
+            // start + len <= frame_size, so the slice lies inside our live mapping; the frame came
+            // off the RX ring and is on no other ring until `recycle` below, so the kernel does
+            // not write it while the shared slice lives (only during this call of `inspect`).
+            let frame = unsafe {
+                std::slice::from_raw_parts(
+                    base.add((span.chunk + u64::from(span.start)) as usize),
+                    span.len as usize,
+                )
+            };
+            inspect(frame);
+        }
+        let verdicts = [Verdict::Drop(DropReason::Malformed); MAX_BATCH];
+        self.complete(&spans, &verdicts[..spans.len()]);
+        received as usize
     }
 
     /// Asks the kernel to transmit what is on the TX ring (copy mode always needs this; with
@@ -1190,6 +1356,87 @@ mod tests {
         );
     }
 
+    /// A port that generates and sinks on the same socket: frames it writes with `transmit`
+    /// arrive on the other side; frames sent to it from there (to any address: capture all)
+    /// come back through `receive_each`, and every generated frame returns to the free list.
+    #[test]
+    fn transmit_and_receive_each_share_one_port() {
+        const FRAMES: usize = 300;
+        // Sent to the port while it is not polling: fewer than its 192 receive frames.
+        const INCOMING: usize = 150;
+        let marker = |number: u16| {
+            let mut frame = Vec::new();
+            etherparse::PacketBuilder::ethernet2([0x02, 0, 0, 0, 0, 0x0a], [0x02, 0, 0, 0, 0, 0x0b])
+                .ipv4([198, 18, 0, 2], [198, 18, 7, 7], 64)
+                .udp(7000, 7001)
+                .write(&mut frame, &number.to_be_bytes())
+                .unwrap();
+            frame
+        };
+        let net = NetnsPair::new();
+        let mut listener = NetnsPair::run_in(&net.b, || {
+            crate::PacketSocket::open(IFACE, &crate::PacketConfig { receive: true, ..Default::default() })
+                .unwrap()
+        });
+        let (sent, received, port_stats) = NetnsPair::run_in(&net.a, || {
+            let mut program = XdpProgram::load().unwrap();
+            program.attach(IFACE, AttachMode::Auto).unwrap();
+            program.set_capture_all(true).unwrap();
+            let config = PortConfig { frame_count: 256, tx_frames: 64, ..PortConfig::default() };
+            let mut port = Port::open(IFACE, 0, &config).unwrap();
+            assert_eq!((port.tx_frames(), port.tx_free_frames()), (64, 64));
+            program.register_port(&port).unwrap();
+            let mut sent = 0usize;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while sent < FRAMES && Instant::now() < deadline {
+                sent += port.transmit(FRAMES - sent, |i, chunk| {
+                    let frame = marker((sent + i) as u16);
+                    chunk[..frame.len()].copy_from_slice(&frame);
+                    frame.len()
+                });
+            }
+            let mut received = Vec::new();
+            NetnsPair::run_in(&net.b, || {
+                let mut sender = crate::PacketSocket::open(IFACE, &crate::PacketConfig::default()).unwrap();
+                for number in 0..INCOMING as u16 {
+                    let frame = marker(1000 + number);
+                    while sender.transmit(1, |_, buffer| {
+                        buffer[..frame.len()].copy_from_slice(&frame);
+                        frame.len()
+                    }) == 0
+                    {}
+                }
+            });
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while (received.len() < INCOMING || port.tx_free_frames() < 64) && Instant::now() < deadline {
+                port.receive_each(MAX_BATCH, |frame| {
+                    if let Ok(p) = etherparse::SlicedPacket::from_ethernet(frame) {
+                        if let Some(etherparse::TransportSlice::Udp(udp)) = p.transport {
+                            if udp.destination_port() == 7001 {
+                                received.push(u16::from_be_bytes([udp.payload()[0], udp.payload()[1]]));
+                            }
+                        }
+                    }
+                });
+            }
+            assert_eq!(port.tx_free_frames(), 64, "every generated frame completed and came back");
+            (sent, received, port.stats())
+        });
+        assert_eq!(sent, FRAMES);
+        assert_eq!(received, (1000..1000 + INCOMING as u16).collect::<Vec<_>>(), "{port_stats:?}");
+        assert_eq!((port_stats.lost_frames, port_stats.tx_ring_full, port_stats.tx_kick_errors), (0, 0, 0));
+        let mut heard = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while heard.len() < FRAMES && Instant::now() < deadline {
+            listener.receive_each(MAX_BATCH, |frame| {
+                if frame.len() >= 44 && frame[36..38] == 7001u16.to_be_bytes() {
+                    heard.push(u16::from_be_bytes([frame[42], frame[43]]));
+                }
+            });
+        }
+        assert_eq!(heard, (0..FRAMES as u16).collect::<Vec<_>>());
+    }
+
     #[test]
     fn held_frames_admit_each_frame_once() {
         let mut held = HeldFrames::new(128);
@@ -1203,6 +1450,9 @@ mod tests {
 
     #[test]
     fn open_explains_what_is_wrong() {
+        let too_many = PortConfig { frame_count: 256, tx_frames: 257, ..PortConfig::default() };
+        assert!(matches!(too_many.validate(), Err(PortError::TxFrames { tx_frames: 257, frame_count: 256 })));
+
         testnet::require_root();
         let missing = Port::open("fwdt-nosuch0", 0, &PortConfig::default()).unwrap_err();
         assert!(matches!(&missing, PortError::NoSuchInterface { ifname } if ifname == "fwdt-nosuch0"));

@@ -29,6 +29,9 @@ pub const MAX_VIPS: usize = 4096;
 /// Queue numbers the `xsks` map covers: `0..MAX_QUEUES` (`MAX_QUEUES` in bpf/fwd_xdp.c).
 pub const MAX_QUEUES: u32 = 1024;
 
+/// `SETTING_CAPTURE_ALL_IP` in bpf/fwd_xdp.c: bit of `settings[0]`.
+const SETTING_CAPTURE_ALL_IP: u32 = 1;
+
 /// Counter slots of the per-CPU `counters` map, in bpf/fwd_xdp.c's `enum counter` order.
 const COUNTER_SLOTS: u32 = 3;
 
@@ -159,6 +162,7 @@ pub struct XdpProgram {
     vips_fd: c_int,
     xsks_fd: c_int,
     counters_fd: c_int,
+    settings_fd: c_int,
     attachment: Option<Attachment>,
 }
 
@@ -188,8 +192,15 @@ impl XdpProgram {
             unsafe { bpf::bpf_object__open_mem(OBJECT.0.as_ptr().cast(), OBJECT.0.len() as _, &opts) };
         let object = NonNull::new(object).ok_or_else(|| ProgramError::Open(last_error()))?;
         // From here on, dropping `program` closes the object whatever fails next.
-        let mut program =
-            XdpProgram { object, prog_fd: -1, vips_fd: -1, xsks_fd: -1, counters_fd: -1, attachment: None };
+        let mut program = XdpProgram {
+            object,
+            prog_fd: -1,
+            vips_fd: -1,
+            xsks_fd: -1,
+            counters_fd: -1,
+            settings_fd: -1,
+            attachment: None,
+        };
         // SAFETY: `object` was just opened and is exclusively ours.
         let rc = unsafe { bpf::bpf_object__load(program.object.as_ptr()) };
         if rc != 0 {
@@ -199,6 +210,7 @@ impl XdpProgram {
         program.vips_fd = program.map_fd(c"vips", "vips")?;
         program.xsks_fd = program.map_fd(c"xsks", "xsks")?;
         program.counters_fd = program.map_fd(c"counters", "counters")?;
+        program.settings_fd = program.map_fd(c"settings", "settings")?;
         Ok(program)
     }
 
@@ -341,6 +353,28 @@ impl XdpProgram {
             sync.added += 1;
         }
         Ok(sync)
+    }
+
+    /// With `true`, every IPv4 and IPv6 frame (neighbour discovery excepted) goes to the
+    /// queue's socket whatever its destination, and the `vips` map is ignored: the receive side of
+    /// a traffic sink, which must see traffic to addresses it does not know in advance (the outer
+    /// destinations of tunnelled frames). ARP and ND still reach the kernel.
+    pub fn set_capture_all(&self, capture_all: bool) -> Result<(), ProgramError> {
+        let key: u32 = 0;
+        let flags: u32 = if capture_all { SETTING_CAPTURE_ALL_IP } else { 0 };
+        // SAFETY: key and value are u32s, the array map's sizes, and live across the call.
+        let rc = unsafe {
+            bpf::bpf_map_update_elem(
+                self.settings_fd,
+                (&key as *const u32).cast(),
+                (&flags as *const u32).cast(),
+                bpf::BPF_ANY as u64,
+            )
+        };
+        if rc != 0 {
+            return Err(ProgramError::Map { map: "settings", action: "update", source: sys::neg_errno(rc) });
+        }
+        Ok(())
     }
 
     /// The addresses in the `vips` map, in map order.
@@ -714,6 +748,34 @@ mod tests {
             };
             assert_eq!(steered, expected, "{description}");
         }
+    }
+
+    #[test]
+    fn capture_all_steers_every_ip_frame_but_leaves_arp_and_nd_to_the_kernel() {
+        testnet::require_root();
+        let program = XdpProgram::load().unwrap();
+        program.set_capture_all(true).unwrap();
+        let steered = |frame: &[u8]| {
+            let before = program.counters().unwrap();
+            program.test_run(frame).unwrap();
+            let after = program.counters().unwrap();
+            after.vip_without_socket - before.vip_without_socket == 1
+        };
+        for (description, frame, expected) in cases() {
+            let is_ip = !matches!(
+                description,
+                "ARP request for the VIP"
+                    | "neighbour solicitation addressed to the VIP"
+                    | "three VLAN tags: more than fwd parses"
+                    | "IPv4 header cut short"
+                    | "IPv6 header cut short"
+                    | "VLAN tag cut short"
+                    | "bare Ethernet header"
+            );
+            assert_eq!(steered(&frame), is_ip, "capture all: {description} (normally {expected:?})");
+        }
+        program.set_capture_all(false).unwrap();
+        assert!(!steered(&udp4(OTHER4)), "back to VIPs only: no VIP is configured");
     }
 
     #[test]

@@ -222,9 +222,64 @@ pub fn render_status(r: &StatusReport) -> String {
         }
     }
     if let Some(bgp) = &r.bgp {
-        let _ = writeln!(out, "bgp: {}", serde_json::to_string(bgp).unwrap_or_default());
+        render_bgp(&mut out, bgp);
     }
     out
+}
+
+/// The announcer's part of `fwd status`: FRR's reachability, then one line per prefix.
+fn render_bgp(out: &mut String, bgp: &serde_json::Value) {
+    let frr = &bgp["frr"];
+    let reach = match frr["reachable"].as_bool() {
+        Some(true) => "reachable".to_string(),
+        Some(false) => format!("UNREACHABLE ({})", frr["last_error"].as_str().unwrap_or("")),
+        None => "not asked yet".to_string(),
+    };
+    let mut head = format!("bgp: FRR {reach}");
+    if let Some(s) = frr["last_reconcile_secs_ago"].as_f64() {
+        let _ = write!(head, ", reconciled {} ago", human_duration(s));
+    }
+    if let Some(reason) = bgp["fail_closed"].as_str() {
+        let _ = write!(head, ", FAIL CLOSED: {reason}");
+    }
+    if bgp["shutting_down"].as_bool() == Some(true) {
+        head.push_str(", shutting down");
+    }
+    let _ = writeln!(out, "{head}");
+    let _ = writeln!(
+        out,
+        "  {:<24} {:<9} {:<9} {:<7} {:>8} {:>8}  note",
+        "prefix", "desired", "announce", "in FRR", "changed", "penalty"
+    );
+    for p in bgp["prefixes"].as_array().into_iter().flatten() {
+        let yes = |k: &str| if p[k].as_bool() == Some(true) { "yes" } else { "no" };
+        let in_frr = match p["in_frr"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "no",
+            None => "?",
+        };
+        let mut note = Vec::new();
+        if p["can_serve"].as_bool() == Some(false) {
+            note.push("cannot serve".to_string());
+        }
+        if p["suppressed"].as_bool() == Some(true) {
+            note.push("damped".to_string());
+        }
+        if let Some(h) = p["hold_down_remaining_secs"].as_f64() {
+            note.push(format!("hold-down {h:.1}s"));
+        }
+        let _ = writeln!(
+            out,
+            "  {:<24} {:<9} {:<9} {:<7} {:>8} {:>8.0}  {}",
+            p["prefix"].as_str().unwrap_or("?"),
+            yes("desired"),
+            yes("effective"),
+            in_frr,
+            p["last_change_secs_ago"].as_f64().map(human_duration).unwrap_or_else(|| "-".into()),
+            p["penalty"].as_f64().unwrap_or(0.0),
+            note.join(", ")
+        );
+    }
 }
 
 pub fn render_stats(r: &StatsReport) -> String {

@@ -14,7 +14,9 @@ use fwd_control::admin::{
     BackendStatus, BatchTimes, ReloadReport, Request, Response, ServiceStatus, StatsReport, StatusReport,
     WorkerStats,
 };
+use fwd_control::announce::{plan_prefixes, Announcer, ServiceServing};
 use fwd_control::config::{format_mac, host_port, load_config, BackendConfig, Config, ServiceConfig};
+use fwd_control::health::{CheckTarget, Health, HealthChecker};
 use fwd_control::metrics::Exposition;
 use fwd_control::tables::{cluster_fingerprint, BackendId, InterfaceFacts, LiveState, SnapshotBuilder};
 use fwd_dataplane::counters::{BackendFigures, DropReason, SharedBackendCounters, WorkerCounters};
@@ -129,6 +131,13 @@ pub struct Control {
     resolver: NextHopResolver,
     pub snapshots: Arc<ArcSwap<Snapshot>>,
     program: XdpProgram,
+    health: HealthChecker,
+    /// Present with a `[bgp]` section: tells FRR which VIP prefixes to announce.
+    announcer: Option<Announcer>,
+    /// Set by the watchdog or at shutdown: nothing is announced any more.
+    announcing_stopped: bool,
+    /// Which backends each check target decides for (a target shared by services runs once).
+    checked: HashMap<CheckTarget, Vec<BackendId>>,
     pub workers: Vec<Arc<WorkerShared>>,
     epoch: Instant,
     startup: StartupSettings,
@@ -161,6 +170,13 @@ impl Control {
         let mut builder = SnapshotBuilder::new();
         let (snap, _) = builder.build(&config, &facts, &live)?;
         let startup = StartupSettings::of(&config);
+        let health = HealthChecker::start()?;
+        let checked = check_targets(&config);
+        health.set_targets(checked.keys().cloned());
+        let announcer = match &config.bgp {
+            Some(bgp) => Some(Announcer::spawn(bgp.clone())?),
+            None => None,
+        };
         Ok(Control {
             config,
             config_path,
@@ -171,6 +187,10 @@ impl Control {
             resolver,
             snapshots: Arc::new(ArcSwap::from_pointee(snap)),
             program,
+            health,
+            announcer,
+            announcing_stopped: false,
+            checked,
             workers: Vec::new(),
             epoch,
             startup,
@@ -191,8 +211,31 @@ impl Control {
         (self.snapshots.load().backends.len() * 2).max(64)
     }
 
-    /// One round of periodic work: next hops, then a publish if anything changed.
+    /// Every health target has answered at least once (the announcer waits for it).
+    pub fn health_answered(&self) -> bool {
+        self.health.all_answered()
+    }
+
+    /// Folds the checker's verdicts into `live.down`: a backend is down while its check says so.
+    /// Recomputed from the checker's table rather than from its events, so nothing can be missed.
+    fn apply_health(&mut self) {
+        // The checker logged each transition once; here only what it does to the tables.
+        let _ = self.health.try_events();
+        let mut down = HashSet::new();
+        for (target, ids) in &self.checked {
+            if self.health.health(target) == Health::Down {
+                down.extend(ids.iter().copied());
+            }
+        }
+        if down != self.live.down {
+            self.live.down = down;
+            self.dirty = true;
+        }
+    }
+
+    /// One round of periodic work: health, next hops, then a publish if anything changed.
     pub fn tick(&mut self) {
+        self.apply_health();
         let next_hops = self.resolver.resolve(&self.iface, &self.config);
         if next_hops != self.live.next_hops {
             self.live.next_hops = next_hops;
@@ -201,6 +244,71 @@ impl Control {
         if self.dirty {
             self.publish();
         }
+        self.update_announcements();
+    }
+
+    /// Tells the announcer which prefixes can serve now. Nothing is announced before every health
+    /// check has answered once (a box that has not looked yet must not draw traffic) or while no
+    /// worker runs.
+    fn update_announcements(&self) {
+        let Some(announcer) = &self.announcer else { return };
+        if self.announcing_stopped {
+            return;
+        }
+        let snap = self.snapshots.load();
+        let serving: HashMap<_, ServiceServing> = snap
+            .services
+            .iter()
+            .map(|s| {
+                let up = s
+                    .members
+                    .iter()
+                    .filter(|&&i| snap.backends.get(i as usize).is_some_and(|b| b.state == BackendState::Up))
+                    .count() as u32;
+                // An up member with weight 0 owns no slot: count only members that own slots.
+                let healthy = if s.table.is_empty() { 0 } else { up };
+                let fallback = s.fallback.as_ref().is_some_and(|f| !f.table.is_empty());
+                (s.key, ServiceServing { healthy_backends: healthy, fallback_can_serve: fallback })
+            })
+            .collect();
+        let prefixes = plan_prefixes(&self.config, &|key| serving.get(&key).copied().unwrap_or_default());
+        let running = !self.workers.is_empty() && self.health.all_answered();
+        announcer.set_desired(prefixes, running);
+    }
+
+    /// The watchdog's verdict: a worker whose heartbeat is older than `limit`, if any.
+    pub fn stalled_worker(&self, limit: Duration) -> Option<(usize, Duration)> {
+        let now_ms = self.epoch.elapsed().as_millis() as u64;
+        self.workers.iter().find_map(|w| {
+            let age = Duration::from_millis(now_ms.saturating_sub(w.heartbeat_ms.load(Ordering::Relaxed)));
+            (age > limit).then_some((w.core, age))
+        })
+    }
+
+    /// Withdraws everything and announces nothing from now on: the other boxes take the traffic.
+    pub fn fail_closed(&mut self, reason: &str) {
+        self.announcing_stopped = true;
+        if let Some(a) = &self.announcer {
+            a.fail_closed(reason);
+        }
+    }
+
+    /// At shutdown: withdraws every prefix and waits (bounded) until FRR confirms; returns how
+    /// long the forwarder should keep forwarding so that routers converge (`bgp.drain_time`).
+    pub fn withdraw_for_shutdown(&mut self) -> Duration {
+        self.announcing_stopped = true;
+        let (Some(a), Some(bgp)) = (&self.announcer, &self.config.bgp) else {
+            return Duration::ZERO;
+        };
+        let deadline = (bgp.vtysh_timeout * 3).max(Duration::from_secs(2));
+        match a.withdraw_all_and_wait(deadline) {
+            Ok(()) => eprintln!(
+                "fwd: every prefix withdrawn; forwarding for {} more while routers converge",
+                fwd_control::config::format_duration(bgp.drain_time)
+            ),
+            Err(e) => eprintln!("fwd: withdrawing at shutdown: {e}; draining anyway"),
+        }
+        bgp.drain_time
     }
 
     /// Rebuilds the snapshot from the config and live state and swaps it in.
@@ -283,6 +391,23 @@ impl Control {
                     let ids: HashSet<BackendId> = all_backend_ids(&self.config).collect();
                     self.live.drained.retain(|id| ids.contains(id));
                     self.live.down.retain(|id| ids.contains(id));
+                    match (&self.announcer, &self.config.bgp) {
+                        (Some(a), Some(bgp)) => a.reload(bgp.clone()),
+                        (Some(a), None) => {
+                            // `[bgp]` removed: withdraw what this fwd announced, then stop announcing.
+                            let _ = a.withdraw_all_and_wait(Duration::from_secs(5));
+                            self.announcer = None;
+                        }
+                        (None, Some(bgp)) => match Announcer::spawn(bgp.clone()) {
+                            Ok(a) => self.announcer = Some(a),
+                            Err(e) => eprintln!("fwd: reload: cannot start the BGP announcer: {e}"),
+                        },
+                        (None, None) => {}
+                    }
+                    // Unchanged checks keep their state and schedule; new ones start Unknown.
+                    self.checked = check_targets(&self.config);
+                    self.health.set_targets(self.checked.keys().cloned());
+                    self.apply_health();
                     self.dirty = true;
                     self.publish();
                     report
@@ -398,7 +523,7 @@ impl Control {
                         let id = BackendId { service: s.key, addr: b.addr, port: b.port, fallback };
                         let slots = counts.get(pos).copied().unwrap_or(0);
                         let f = figure(idx);
-                        let (health, reason, since) = self.health_of(&id, bc);
+                        let (health, reason, since) = self.health_of(bc);
                         backends.push(BackendStatus {
                             address: host_port(b.addr, b.port),
                             fallback,
@@ -445,19 +570,23 @@ impl Control {
             cluster_fingerprint: cluster_fingerprint(&snap),
             last_reload: self.last_reload.clone(),
             services,
-            bgp: None,
+            bgp: self.announcer.as_ref().and_then(|a| serde_json::to_value(a.status()).ok()),
         }
     }
 
     /// Health of one backend for reports: (state, reason of the last change, seconds since).
-    fn health_of(&self, id: &BackendId, b: &BackendConfig) -> (String, String, Option<f64>) {
-        if b.check.is_none() {
+    fn health_of(&self, b: &BackendConfig) -> (String, String, Option<f64>) {
+        let Some(spec) = &b.check else {
             return ("unchecked".into(), String::new(), None);
-        }
-        if self.live.down.contains(id) {
-            ("down".into(), String::new(), None)
-        } else {
-            ("up".into(), String::new(), None)
+        };
+        let target = CheckTarget { addr: b.address, spec: spec.clone() };
+        match self.health.target_status(&target) {
+            Some(t) => (
+                t.health.to_string(),
+                t.reason,
+                SystemTime::now().duration_since(t.since).ok().map(|d| d.as_secs_f64()),
+            ),
+            None => ("unknown".into(), "not probed yet".into(), None),
         }
     }
 
@@ -627,6 +756,92 @@ impl Control {
                 age as f64 / 1e3,
             );
         }
+        for sample in self.health.latency_samples() {
+            let target = sample.target.to_string();
+            let l = [("target", target.as_str()), ("result", if sample.ok { "ok" } else { "failed" })];
+            e.gauge(
+                "fwd_health_check_duration_seconds",
+                "Duration of the last probe of each distinct check target.",
+                &l,
+                sample.latency.as_secs_f64(),
+            );
+        }
+        for (target, t) in self.health.status() {
+            let target = target.to_string();
+            let l = [("target", target.as_str())];
+            e.counter("fwd_health_checks_total", "Probes run per distinct check target.", &l, t.probes);
+            e.gauge(
+                "fwd_health_check_up",
+                "1 up, 0 down, -1 not answered yet, per distinct check target.",
+                &l,
+                match t.health {
+                    Health::Up => 1.0,
+                    Health::Down => 0.0,
+                    Health::Unknown => -1.0,
+                },
+            );
+        }
+        if let Some(a) = &self.announcer {
+            let st = a.status();
+            e.gauge(
+                "fwd_bgp_frr_reachable",
+                "1 when the last vtysh run reached bgpd, 0 when it failed, -1 before the first.",
+                &[],
+                match st.frr.reachable {
+                    Some(true) => 1.0,
+                    Some(false) => 0.0,
+                    None => -1.0,
+                },
+            );
+            e.counter(
+                "fwd_bgp_frr_consecutive_failures",
+                "vtysh runs that failed in a row.",
+                &[],
+                u64::from(st.frr.consecutive_failures),
+            );
+            e.gauge(
+                "fwd_bgp_fail_closed",
+                "1 when the watchdog withdrew everything.",
+                &[],
+                f64::from(u8::from(st.fail_closed.is_some())),
+            );
+            for p in &st.prefixes {
+                let prefix = p.prefix.to_string();
+                let l = [("prefix", prefix.as_str())];
+                let flag = |b: bool| f64::from(u8::from(b));
+                e.gauge(
+                    "fwd_bgp_prefix_can_serve",
+                    "1 when the prefix's services can serve.",
+                    &l,
+                    flag(p.can_serve),
+                );
+                e.gauge(
+                    "fwd_bgp_prefix_desired",
+                    "1 when the prefix should be announced.",
+                    &l,
+                    flag(p.desired),
+                );
+                e.gauge(
+                    "fwd_bgp_prefix_announced",
+                    "1 when fwd asks FRR to announce the prefix (after hold-down and damping).",
+                    &l,
+                    flag(p.effective),
+                );
+                e.gauge(
+                    "fwd_bgp_prefix_in_frr",
+                    "1 when FRR has the prefix, 0 when not, -1 unknown.",
+                    &l,
+                    p.in_frr.map_or(-1.0, flag),
+                );
+                e.gauge("fwd_bgp_prefix_penalty", "Flap-damping penalty now.", &l, p.penalty);
+                e.gauge(
+                    "fwd_bgp_prefix_suppressed",
+                    "1 while damping suppresses the prefix.",
+                    &l,
+                    flag(p.suppressed),
+                );
+            }
+        }
         if let Ok(x) = self.program.counters() {
             e.counter(
                 "fwd_xdp_redirected_total",
@@ -734,6 +949,26 @@ fn all_backend_ids(config: &Config) -> impl Iterator<Item = BackendId> + '_ {
                 fallback: true,
             }))
     })
+}
+
+/// Every distinct check target of the config, with the backends it decides for.
+fn check_targets(config: &Config) -> HashMap<CheckTarget, Vec<BackendId>> {
+    let mut out: HashMap<CheckTarget, Vec<BackendId>> = HashMap::new();
+    for s in &config.services {
+        let key = s.key();
+        let all = s.backends.iter().map(|b| (b, false)).chain(s.fallback.iter().map(|b| (b, true)));
+        for (b, fallback) in all {
+            if let Some(spec) = &b.check {
+                out.entry(CheckTarget { addr: b.address, spec: spec.clone() }).or_default().push(BackendId {
+                    service: key,
+                    addr: b.address,
+                    port: b.port,
+                    fallback,
+                });
+            }
+        }
+    }
+    out
 }
 
 /// `ADDRESS`, `ADDRESS:PORT` or `[IPV6]:PORT`.
@@ -866,6 +1101,21 @@ mode = "l2"
         assert!(diff_services(&old, &old).services_changed.is_empty());
         let global = parse_config(&format!("mtu = 1400\n{BASE}"), "g.toml").unwrap().config;
         assert_eq!(diff_services(&old, &global).services_changed, vec!["(global settings)"]);
+    }
+
+    #[test]
+    fn identical_checks_of_several_services_are_one_target() {
+        let text = BASE.replace(
+            "mode = \"l2\"",
+            "mode = \"l2\"\ncheck = { type = \"tcp\", port = 80, interval = \"1s\", timeout = \"500ms\" }",
+        );
+        let config = parse_config(&text, "t.toml").unwrap().config;
+        let targets = check_targets(&config);
+        // 198.18.2.11:80 tcp serves both services, 198.18.2.12:80 tcp one.
+        assert_eq!(targets.len(), 2);
+        let shared = targets.iter().find(|(t, _)| t.addr.to_string() == "198.18.2.11").unwrap().1;
+        assert_eq!(shared.len(), 2);
+        assert_ne!(shared[0].service, shared[1].service);
     }
 
     #[test]

@@ -31,6 +31,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use worker::{worker_loop, WorkerExit, WorkerShared};
 
+/// A worker whose loop has not come round for this long is stuck: fail closed (withdraw every
+/// prefix) so that the other boxes take its traffic. Far above any batch (microseconds) or idle
+/// nap, far below BGP's hold time.
+const WATCHDOG: Duration = Duration::from_secs(2);
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum XdpModeArg {
     Auto,
@@ -219,6 +224,8 @@ pub fn run(args: &Args) -> Result<()> {
     let mut last_totals = WorkerCounters::default();
     let refresh = Duration::from_millis(200);
     let mut next_tick = Instant::now() + refresh;
+    let mut health_answered = false;
+    let mut failed_closed = false;
     while !stop.load(Ordering::Relaxed) {
         let wait = next_tick.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
         if let Some(call) = next_call(&calls, wait) {
@@ -235,12 +242,28 @@ pub fn run(args: &Args) -> Result<()> {
         }
         if workers.iter().any(|w| w.is_finished()) {
             eprintln!("fwd: a worker stopped unexpectedly; shutting down");
+            control.fail_closed("a worker thread stopped");
             break;
+        }
+        if !failed_closed {
+            if let Some((core, age)) = control.stalled_worker(WATCHDOG) {
+                failed_closed = true;
+                let reason = format!("worker on core {core} made no progress for {} ms", age.as_millis());
+                eprintln!("fwd: watchdog: {reason}; withdrawing every prefix (fail closed)");
+                control.fail_closed(&reason);
+            }
         }
         if reload.swap(false, Ordering::Relaxed) {
             control.reload();
         }
         control.tick();
+        if !health_answered && control.health_answered() {
+            health_answered = true;
+            eprintln!(
+                "fwd: every health check has answered once ({:.1} s after start)",
+                epoch.elapsed().as_secs_f64()
+            );
+        }
         if args.stats && last_stats.elapsed() >= stats_interval {
             let totals = control.totals();
             print_stats(&totals, &last_totals, last_stats.elapsed());
@@ -249,6 +272,15 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
 
+    // Withdraw first, keep forwarding while routers converge, then stop the workers.
+    let drain = control.withdraw_for_shutdown();
+    let drain_end = Instant::now() + drain;
+    while Instant::now() < drain_end && workers.iter().all(|w| !w.is_finished()) {
+        if let Some(call) = next_call(&calls, drain_end.saturating_duration_since(Instant::now())) {
+            let response = control.handle(call.request);
+            let _ = call.reply.send(response);
+        }
+    }
     stop_workers.store(true, Ordering::Relaxed);
     for w in workers {
         match w.join() {

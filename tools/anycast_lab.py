@@ -616,6 +616,19 @@ class Lab:
             time.sleep(0.1)
         raise LabError("fwd on box %s did not start its workers in 20 s: %s" % (box, self.fwd_log(box)))
 
+    def stop_fwd(self, box, timeout=30):
+        """SIGTERM and wait; returns fwd's exit status."""
+        p = self.fwd[box]
+        if p.poll() is None:
+            os.kill(p.pid, signal.SIGCONT)
+            p.terminate()
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        return p.returncode
+
     def fwd_log(self, box, tail=2000):
         try:
             with open(os.path.join(self.work, "fwd-%s" % box, "fwd.log")) as f:
@@ -1001,10 +1014,23 @@ def scenario_spread_and_freeze(lab, s):
                 p.wait(10)
     t_thaw = time.monotonic()
     log("thawed box a")
+    # fwd's watchdog may have seen box a's worker stalled (it was frozen) and failed closed: then
+    # box a stays withdrawn until fwd restarts, as an operator would restart a box that hung.
+    back = w.wait_for(VIP_MAIN[0], lambda h: h == frozenset(BOXES), t_thaw, 8)
+    fail_closed = (lab.status("a").get("bgp") or {}).get("fail_closed")
+    s.measure("watchdog_failed_closed_after_thaw", bool(fail_closed))
+    if back is None and fail_closed:
+        log("box a's fwd failed closed after the freeze (%s): restarting it" % fail_closed)
+        lab.stop_fwd("a")
+        lab.start_fwd("a", "0")
+    elif back is None:
+        s.check("box a comes back after thawing (announcing again, or failed closed by its watchdog)", False,
+                "neither: %s" % json.dumps(lab.status("a").get("bgp"))[:300])
     missing = lab.wait_all_routes(timeout=30)
     back = w.wait_for(VIP_MAIN[0], lambda h: h == frozenset(BOXES), t_thaw, 0)
     s.measure("both_next_hops_after_thaw_s", elapsed(t_thaw, back))
-    s.check("after thawing, both boxes are next hops for every VIP again", not missing, "; ".join(missing))
+    s.check("after thawing%s, both boxes are next hops for every VIP again"
+            % (" and restarting box a's failed-closed fwd" if fail_closed else ""), not missing, "; ".join(missing))
 
 
 def scenario_sigterm(lab, s):

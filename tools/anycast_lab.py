@@ -247,8 +247,10 @@ def box_frr_config(name):
              " bgp router-id %s" % v4, " no bgp ebgp-requires-policy", " no bgp default ipv4-unicast",
              " no bgp network import-check"]
     for peer in ROUTER_LAN:
+        # No minimum interval between updates (eBGP's default is longer): announcements and
+        # withdrawals leave as soon as fwd changes them.
         lines += [" neighbor %s remote-as %d" % (peer, ROUTER_AS), " neighbor %s timers 1 3" % peer,
-                  " neighbor %s timers connect 1" % peer]
+                  " neighbor %s timers connect 1" % peer, " neighbor %s advertisement-interval 0" % peer]
     for af, peer in (("ipv4", ROUTER_LAN[0]), ("ipv6", ROUTER_LAN[1])):
         lines += [" address-family %s unicast" % af, "  neighbor %s activate" % peer,
                   "  neighbor %s route-map DENY-ALL in" % peer, " exit-address-family"]

@@ -9,6 +9,13 @@
 //! - the fwd box's own address still answers while fwd runs; fwd exits 0 on SIGTERM and leaves no
 //!   XDP program behind; with two queues, both workers forward.
 //!
+//! And `tools/lab control` (tools/lab_control.py) checks the control side against real backends:
+//! health checks of every type (tcp, http, udp, exec) take a stopped, failing (HTTP 503) or hung
+//! backend out of its tables within fall x interval plus one interval and back after rise x
+//! interval, while new connections avoid it and established ones to the others continue; drain;
+//! a broken reload changes nothing and a valid one adds and removes services under traffic with
+//! no failed connection; the Prometheus endpoint, `fwd status` and `fwd stats`.
+//!
 //! These tests need root and network namespaces. They fail (never skip) without them: CI runs as
 //! root, and a skipped end-to-end test would hide a broken data plane.
 
@@ -19,25 +26,39 @@ use std::sync::Mutex;
 static LAB: Mutex<()> = Mutex::new(());
 
 fn run_lab(queues: u32, cores: &str) -> serde_json::Value {
+    let summary = run_lab_mode(
+        "test",
+        &[("LAB_FLOWS", "1000"), ("LAB_QUEUES", &queues.to_string()), ("LAB_CORES", cores)],
+    );
+    let checks = summary["checks"].as_array().expect("checks");
+    assert!(checks.len() >= 20, "too few checks ran: {summary}");
+    summary
+}
+
+/// Runs `tools/lab MODE` with this build's fwd; asserts it succeeded and every check of its JSON
+/// summary passed; returns the summary.
+fn run_lab_mode(mode: &str, env: &[(&str, &str)]) -> serde_json::Value {
     let _one_at_a_time = LAB.lock().unwrap_or_else(|e| e.into_inner());
     let root = env!("CARGO_MANIFEST_DIR");
     let out = Command::new(format!("{root}/tools/lab"))
-        .arg("test")
+        .arg(mode)
         .env("FWD_BIN", env!("CARGO_BIN_EXE_fwd"))
-        .env("LAB_FLOWS", "1000")
-        .env("LAB_QUEUES", queues.to_string())
-        .env("LAB_CORES", cores)
+        .envs(env.iter().copied())
         .output()
         .expect("running tools/lab");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "tools/lab test failed:\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("tools/lab printed no JSON summary ({e}):\n{stderr}"));
-    let checks = summary["checks"].as_array().expect("checks");
-    assert!(checks.len() >= 20, "too few checks ran: {summary}");
-    for c in checks {
-        assert_eq!(c["ok"], true, "{}\n{stderr}", c["check"]);
-    }
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("tools/lab {mode} (exit {:?}) printed no JSON summary ({e}):\n{stderr}", out.status.code())
+    });
+    let failed: Vec<&serde_json::Value> = summary["checks"]
+        .as_array()
+        .map(|c| c.iter().filter(|c| c["ok"] != true).collect())
+        .unwrap_or_default();
+    assert!(
+        out.status.success() && failed.is_empty(),
+        "tools/lab {mode} failed (exit {:?}); failed checks: {failed:#?}\n{stderr}",
+        out.status.code()
+    );
     summary
 }
 
@@ -53,4 +74,23 @@ fn two_workers_on_two_queues_both_forward_and_agree() {
     let s = run_lab(2, "0,1");
     let per_worker = s["worker_rx_frames"].as_array().unwrap();
     assert_eq!(per_worker.len(), 2, "{s}");
+}
+
+#[test]
+fn control_health_drain_reload_and_metrics_on_real_backends() {
+    let s = run_lab_mode("control", &[]);
+    // The measured detection and return times, per scenario and service.
+    println!("{}", serde_json::to_string_pretty(&s["measured"]).unwrap_or_default());
+    let checks = s["checks"].as_array().expect("checks");
+    for scenario in ["a", "b", "c", "d", "e", "f"] {
+        let ran = checks.iter().filter(|c| c["scenario"] == scenario).count();
+        assert!(ran >= 5, "scenario {scenario} ran only {ran} checks: {s}");
+    }
+    for (scenario, times) in
+        [("a", "left_the_table_s"), ("a", "back_in_the_table_s"), ("c", "left_the_table_s")]
+    {
+        let measured = s["measured"][scenario][times].as_object().expect("measured times");
+        assert!(measured.values().all(|t| t.is_number()), "{scenario} {times}: {measured:?}");
+    }
+    assert_eq!(s["measured"]["e"]["background_client"]["failed"], 0, "{s}");
 }

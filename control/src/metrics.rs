@@ -20,6 +20,8 @@ use std::time::Duration;
 pub enum Kind {
     Counter,
     Gauge,
+    /// Quantile samples plus `_sum` and `_count` (add those with [`Kind::Summary`] too).
+    Summary,
 }
 
 impl Kind {
@@ -27,6 +29,7 @@ impl Kind {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
+            Kind::Summary => "summary",
         }
     }
 }
@@ -53,9 +56,22 @@ impl Exposition {
 
     /// Adds one sample to family `name` (declared with `kind` and `help` the first time).
     pub fn sample(&mut self, name: &str, kind: Kind, help: &str, labels: &[(&str, &str)], value: f64) {
-        let i = *self.index.entry(name.to_string()).or_insert_with(|| {
+        self.sample_in(name, kind, help, name, labels, value);
+    }
+
+    /// Adds a sample named `sample` (e.g. a summary's `NAME_sum`) to family `family`.
+    pub fn sample_in(
+        &mut self,
+        family: &str,
+        kind: Kind,
+        help: &str,
+        sample: &str,
+        labels: &[(&str, &str)],
+        value: f64,
+    ) {
+        let i = *self.index.entry(family.to_string()).or_insert_with(|| {
             self.families.push(Family {
-                name: name.to_string(),
+                name: family.to_string(),
                 kind,
                 help: help.to_string(),
                 samples: String::new(),
@@ -63,7 +79,7 @@ impl Exposition {
             self.families.len() - 1
         });
         let f = &mut self.families[i];
-        f.samples.push_str(name);
+        f.samples.push_str(sample);
         if !labels.is_empty() {
             f.samples.push('{');
             for (n, (k, v)) in labels.iter().enumerate() {
@@ -199,6 +215,9 @@ mod tests {
         e.gauge("fwd_backend_up", "1 when healthy.", &[("backend", "a")], 1.0);
         e.counter("fwd_backend_packets_total", "Packets sent.", &[("service", "web"), ("backend", "b")], 7);
         e.gauge("fwd_batch_seconds", "Batch time.", &[("quantile", "0.99")], 0.000_012_5);
+        e.sample("fwd_lat", Kind::Summary, "Latency.", &[("quantile", "0.5")], 2.0);
+        e.sample_in("fwd_lat", Kind::Summary, "Latency.", "fwd_lat_sum", &[], 10.0);
+        e.sample_in("fwd_lat", Kind::Summary, "Latency.", "fwd_lat_count", &[], 4.0);
         e.gauge("fwd_odd", "Quotes \"and\" backslashes.", &[("v", "a\"b\\c\nd")], f64::INFINITY);
         let text = e.render();
         assert_eq!(
@@ -213,6 +232,11 @@ mod tests {
              # HELP fwd_batch_seconds Batch time.\n\
              # TYPE fwd_batch_seconds gauge\n\
              fwd_batch_seconds{quantile=\"0.99\"} 0.0000125\n\
+             # HELP fwd_lat Latency.\n\
+             # TYPE fwd_lat summary\n\
+             fwd_lat{quantile=\"0.5\"} 2\n\
+             fwd_lat_sum 10\n\
+             fwd_lat_count 4\n\
              # HELP fwd_odd Quotes \"and\" backslashes.\n\
              # TYPE fwd_odd gauge\n\
              fwd_odd{v=\"a\\\"b\\\\c\\nd\"} +Inf\n"

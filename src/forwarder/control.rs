@@ -17,7 +17,7 @@ use fwd_control::admin::{
 use fwd_control::announce::{plan_prefixes, Announcer, ServiceServing};
 use fwd_control::config::{format_mac, host_port, load_config, BackendConfig, Config, ServiceConfig};
 use fwd_control::health::{CheckTarget, Health, HealthChecker};
-use fwd_control::metrics::Exposition;
+use fwd_control::metrics::{Exposition, Kind};
 use fwd_control::tables::{cluster_fingerprint, BackendId, InterfaceFacts, LiveState, SnapshotBuilder};
 use fwd_dataplane::counters::{BackendFigures, DropReason, SharedBackendCounters, WorkerCounters};
 use fwd_dataplane::maglev::MaglevTable;
@@ -34,6 +34,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Default)]
 pub struct BatchTimesShared {
     samples_total: AtomicU64,
+    /// Sum of every timed batch, in nanoseconds (the histogram's mean times its count per window).
+    sum_ns_total: AtomicU64,
     window_samples: AtomicU64,
     p50: AtomicU64,
     p90: AtomicU64,
@@ -47,6 +49,7 @@ impl BatchTimesShared {
     pub fn publish(&self, h: &Histogram<u64>) {
         let n = h.len();
         self.samples_total.fetch_add(n, Ordering::Relaxed);
+        self.sum_ns_total.fetch_add((h.mean() * n as f64) as u64, Ordering::Relaxed);
         self.window_samples.store(n, Ordering::Relaxed);
         let q = |q: f64| if n == 0 { 0 } else { h.value_at_quantile(q) };
         self.p50.store(q(0.5), Ordering::Relaxed);
@@ -70,6 +73,10 @@ impl BatchTimesShared {
 
     pub fn samples_total(&self) -> u64 {
         self.samples_total.load(Ordering::Relaxed)
+    }
+
+    pub fn sum_seconds_total(&self) -> f64 {
+        self.sum_ns_total.load(Ordering::Relaxed) as f64 / 1e9
     }
 }
 
@@ -727,19 +734,32 @@ impl Control {
                 );
             }
             let t = w.batch_times.read();
+            let help =
+                "Processing time of one batch: quantiles over the last second, sum and count since start.";
             for (q, v) in [("0.5", t.p50), ("0.9", t.p90), ("0.99", t.p99), ("0.999", t.p999), ("1", t.max)] {
-                e.gauge(
+                e.sample(
                     "fwd_worker_batch_duration_seconds",
-                    "Processing time of one batch over the last second, by quantile.",
+                    Kind::Summary,
+                    help,
                     &[("core", core.as_str()), ("quantile", q)],
                     v as f64 / 1e9,
                 );
             }
-            e.counter(
-                "fwd_worker_batch_duration_samples_total",
-                "Batches timed.",
+            e.sample_in(
+                "fwd_worker_batch_duration_seconds",
+                Kind::Summary,
+                help,
+                "fwd_worker_batch_duration_seconds_sum",
                 &l,
-                w.batch_times.samples_total(),
+                w.batch_times.sum_seconds_total(),
+            );
+            e.sample_in(
+                "fwd_worker_batch_duration_seconds",
+                Kind::Summary,
+                help,
+                "fwd_worker_batch_duration_seconds_count",
+                &l,
+                w.batch_times.samples_total() as f64,
             );
             e.gauge(
                 "fwd_worker_flows_active",
@@ -758,12 +778,18 @@ impl Control {
         }
         for sample in self.health.latency_samples() {
             let target = sample.target.to_string();
-            let l = [("target", target.as_str()), ("result", if sample.ok { "ok" } else { "failed" })];
+            let l = [("target", target.as_str())];
             e.gauge(
                 "fwd_health_check_duration_seconds",
                 "Duration of the last probe of each distinct check target.",
                 &l,
                 sample.latency.as_secs_f64(),
+            );
+            e.gauge(
+                "fwd_health_check_last_ok",
+                "1 when the last probe of the target passed, 0 when it failed.",
+                &l,
+                f64::from(u8::from(sample.ok)),
             );
         }
         for (target, t) in self.health.status() {

@@ -226,6 +226,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut next_tick = Instant::now() + refresh;
     let mut health_answered = false;
     let mut failed_closed = false;
+    let mut last_round = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         let wait = next_tick.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
         if let Some(call) = next_call(&calls, wait) {
@@ -245,7 +246,11 @@ pub fn run(args: &Args) -> Result<()> {
             control.fail_closed("a worker thread stopped");
             break;
         }
-        if !failed_closed {
+        // A control loop that itself did not run for a while (the whole process was stopped, or
+        // the box starved it) cannot tell a stuck worker from a paused one: look again next round.
+        let control_gap = last_round.elapsed();
+        last_round = Instant::now();
+        if !failed_closed && control_gap < WATCHDOG / 2 {
             if let Some((core, age)) = control.stalled_worker(WATCHDOG) {
                 failed_closed = true;
                 let reason = format!("worker on core {core} made no progress for {} ms", age.as_millis());

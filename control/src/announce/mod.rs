@@ -117,8 +117,8 @@ fn as_text<S: serde::Serializer>(prefix: &IpPrefix, s: S) -> Result<S::Ok, S::Er
 /// Announces and withdraws VIP prefixes through FRR, on its own thread.
 ///
 /// Dropping it stops the thread after a last attempt to withdraw whatever FRR may still have from
-/// it (bounded by `vtysh_timeout`); call [`Announcer::withdraw_all_and_wait`] first for a
-/// confirmed withdrawal.
+/// it: it waits for the pass in progress and one more vtysh run, each bounded by `vtysh_timeout`.
+/// Call [`Announcer::withdraw_all_and_wait`] first for a confirmed withdrawal.
 #[derive(Debug)]
 pub struct Announcer {
     shared: Arc<Shared>,
@@ -135,6 +135,34 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(config: BgpConfig) -> Shared {
+        Shared {
+            state: Mutex::new(State {
+                config,
+                config_seq: 0,
+                entries: BTreeMap::new(),
+                dataplane_running: false,
+                fail_closed: None,
+                shutting_down: false,
+                stop: false,
+                urgent: false,
+                dirty: true,
+                frr: FrrHealth {
+                    reachable: None,
+                    last_error: None,
+                    last_reconcile: None,
+                    failures: 0,
+                    retry_at: None,
+                },
+                passes_started: 0,
+                passes_completed: 0,
+                worker_alive: true,
+            }),
+            wake: Condvar::new(),
+            progress: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the state inconsistent in a way that
         // matters more than stopping announcements would.
@@ -219,31 +247,7 @@ impl Announcer {
     /// [`Announcer::set_desired`], but FRR is read at once, so the status soon shows whether it
     /// can be reached.
     pub fn spawn(config: BgpConfig) -> Result<Announcer, AnnounceError> {
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                config,
-                config_seq: 0,
-                entries: BTreeMap::new(),
-                dataplane_running: false,
-                fail_closed: None,
-                shutting_down: false,
-                stop: false,
-                urgent: false,
-                dirty: true,
-                frr: FrrHealth {
-                    reachable: None,
-                    last_error: None,
-                    last_reconcile: None,
-                    failures: 0,
-                    retry_at: None,
-                },
-                passes_started: 0,
-                passes_completed: 0,
-                worker_alive: true,
-            }),
-            wake: Condvar::new(),
-            progress: Condvar::new(),
-        });
+        let shared = Arc::new(Shared::new(config));
         let for_worker = Arc::clone(&shared);
         let worker = std::thread::Builder::new()
             .name("fwd-bgp".into())
@@ -520,24 +524,26 @@ impl Worker {
     /// A pass to run now, or when to look again.
     fn schedule(&self, st: &mut State, now: Instant) -> Result<Job, Instant> {
         let differs = st.entries.values().any(|e| e.in_frr != Some(e.policy.effective()));
-        let may_run = st.urgent || st.frr.retry_at.is_none_or(|t| now >= t);
-        if may_run && (st.urgent || differs || now >= self.next_reconcile) {
+        // A pass is wanted now when FRR may differ from the decisions, else at the next reconcile;
+        // after a failure, not before the backoff ends unless everything must go.
+        let wanted_at = if st.urgent || differs { now } else { self.next_reconcile };
+        let allowed_at = match st.frr.retry_at {
+            Some(retry) if !st.urgent => retry,
+            _ => now,
+        };
+        let run_at = wanted_at.max(allowed_at);
+        if run_at <= now {
             let items: Vec<(IpPrefix, bool, Option<bool>)> =
                 st.entries.iter().map(|(p, e)| (*p, e.policy.effective(), e.in_frr)).collect();
-            let full_read = st.urgent || now >= self.next_reconcile || items.iter().any(|i| i.2.is_none());
+            let full_read = st.urgent || now >= self.next_reconcile;
             st.urgent = false;
             return Ok(Job { items, full_read });
         }
-        let mut wake = self.next_reconcile;
-        if let Some(retry) = st.frr.retry_at.filter(|_| differs) {
-            wake = wake.min(retry);
-        }
-        for entry in st.entries.values() {
-            if let Some(at) = entry.policy.next_event() {
-                wake = wake.min(at);
-            }
-        }
-        Err(wake.max(now))
+        // Policies act at the end of a hold-down or suppression; `evaluate` just ran, so those
+        // times lie ahead. The floor only keeps a rounding slip from turning into a busy loop.
+        let policy_events = st.entries.values().filter_map(|e| e.policy.next_event());
+        let wake = policy_events.fold(run_at, Instant::min);
+        Err(wake.max(now + Duration::from_millis(1)))
     }
 
     /// Reads FRR's state if needed, sends what differs in one vtysh run, and reads back.
@@ -545,7 +551,11 @@ impl Worker {
         let mut read = false;
         let mut known: BTreeMap<IpPrefix, Option<bool>> =
             job.items.iter().map(|&(p, _, frr)| (p, frr)).collect();
-        if job.full_read || known.values().any(Option::is_none) {
+        // `network P` is idempotent, so an unknown prefix that should be announced is simply
+        // announced (and confirmed by the read-back); an unknown one to withdraw needs a read
+        // first, since each `no network` FRR refuses costs another vtysh run.
+        let unknown_withdraw = job.items.iter().any(|&(_, effective, frr)| frr.is_none() && !effective);
+        if job.full_read || unknown_withdraw {
             let state = self.vtysh.read_state()?;
             read = true;
             for (prefix, has) in known.iter_mut() {
@@ -761,11 +771,29 @@ done"#,
         script
     }
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fwdtest-announce-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    /// A fresh directory, removed on drop (also when the test fails).
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(name: &str) -> TempDir {
+            let dir = std::env::temp_dir().join(format!("fwdtest-announce-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl std::ops::Deref for TempDir {
+        type Target = std::path::Path;
+        fn deref(&self) -> &std::path::Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 
     pub(crate) fn wait_for(
@@ -794,8 +822,39 @@ done"#,
     }
 
     #[test]
+    fn schedule_waits_out_the_backoff_unless_urgent() {
+        let shared = Arc::new(Shared::new(bgp_config(PathBuf::from("/nonexistent/vtysh"))));
+        let mut worker = Worker::new(Arc::clone(&shared));
+        let now = Instant::now();
+        let mut st = shared.lock();
+        // A reload made a reconcile due while FRR is failing: wait for the retry time.
+        st.frr.retry_at = Some(now + Duration::from_millis(500));
+        worker.next_reconcile = now;
+        assert_eq!(worker.schedule(&mut st, now).unwrap_err(), now + Duration::from_millis(500));
+        st.urgent = true;
+        let job = worker.schedule(&mut st, now).unwrap();
+        assert!(job.full_read && job.items.is_empty() && !st.urgent);
+        // Healthy and in line: the next periodic reconcile, or a policy event before it.
+        st.frr.retry_at = None;
+        worker.next_reconcile = now + Duration::from_secs(1);
+        assert_eq!(worker.schedule(&mut st, now).unwrap_err(), now + Duration::from_secs(1));
+        let mut policy =
+            PrefixPolicy::new(Duration::from_millis(300), crate::config::DampingConfig::default());
+        policy.update(now - Duration::from_secs(10), true);
+        policy.update(now, false);
+        policy.update(now, true);
+        let entry = Entry { policy, can_serve: true, planned: true, desired: true, in_frr: Some(false) };
+        st.entries.insert(prefix("198.18.100.1/32"), entry);
+        assert_eq!(worker.schedule(&mut st, now).unwrap_err(), now + Duration::from_millis(300));
+        // A decision FRR does not reflect yet: run now, reading only what is unknown.
+        st.entries.values_mut().for_each(|e| e.in_frr = Some(true));
+        let job = worker.schedule(&mut st, now).unwrap();
+        assert!(!job.full_read);
+    }
+
+    #[test]
     fn announces_withdraws_and_repairs_through_a_fake_vtysh() {
-        let dir = temp_dir("fake");
+        let dir = TempDir::new("fake");
         let announcer = Announcer::spawn(bgp_config(file_backed_vtysh(&dir))).unwrap();
         let (a, b) = (prefix("198.18.100.1/32"), prefix("fd00:18:100::1/128"));
         announcer.set_desired(vec![(a, true), (b, true)], true);
@@ -818,12 +877,11 @@ done"#,
             std::thread::sleep(Duration::from_millis(10));
         }
         drop(announcer);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn unreachable_frr_is_reported_retried_and_never_blocks_callers() {
-        let dir = temp_dir("down");
+        let dir = TempDir::new("down");
         std::fs::write(dir.join("down"), "").unwrap();
         let announcer = Announcer::spawn(bgp_config(file_backed_vtysh(&dir))).unwrap();
         let a = prefix("198.18.100.1/32");
@@ -857,12 +915,11 @@ done"#,
         assert_eq!((status.frr.reachable, status.frr.last_error.clone()), (Some(true), None));
         assert!(status.prefixes.iter().all(|p| !p.effective && p.in_frr == Some(false)), "{status:?}");
         drop(announcer);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn hold_down_and_retirement_show_in_status() {
-        let dir = temp_dir("hold");
+        let dir = TempDir::new("hold");
         let announcer = Announcer::spawn(bgp_config(file_backed_vtysh(&dir))).unwrap();
         let (a, b) = (prefix("198.18.100.1/32"), prefix("198.18.100.2/32"));
         announcer.set_desired(vec![(a, true), (b, true)], true);
@@ -889,6 +946,5 @@ done"#,
         // Dropped without a shutdown: it still withdraws on the way out.
         drop(announcer);
         assert!(networks(&dir).is_empty());
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -213,7 +213,14 @@ impl Vtysh {
                 Outcome::Done => return Err(self.failure(&args, &out)),
             }
         }
-        Ok(())
+        if remaining.is_empty() {
+            return Ok(());
+        }
+        Err(VtyshError::Unexpected {
+            program: self.program(),
+            what: "kept refusing withdrawals".into(),
+            output: format!("{} changes left unapplied", remaining.len()),
+        })
     }
 
     /// Runs vtysh with `args`, killing its process group at the deadline.

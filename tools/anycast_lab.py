@@ -17,9 +17,10 @@ The VIPs, each with its own services and health checks so that scenarios do not 
     198.18.100.1  fd00:18:100::1   TCP and UDP port 80, checked on TCP 80 (steady)
     198.18.100.2  fd00:18:100::2   TCP port 81, checked on TCP 81 (scenario 1 stops it)
     198.18.100.3                   TCP port 82, checked on TCP 82 (scenario 5 flaps it)
-A backend's TCP servers send "backend-N\\n" on accept and answer every line with it until EOF
-(long-lived connections); UDP port 80 answers every datagram with it. The lab stops and restarts
-the port 81 and 82 servers of a backend with signals (they close and reopen their listeners).
+Each backend runs tools/lab_backend.py on each port: TCP sends "backend-N\\n" on accept and
+answers every line with it until EOF (long-lived connections); UDP port 80 answers every datagram
+with it. The lab stops and restarts the port 81 and 82 servers through their state files (a stopped
+server closes its listener: connections are refused).
 
 Usage (as root):
   tools/anycast_lab.py [demo]   build, start FRR and fwd on both boxes, show the router's routes and
@@ -52,7 +53,6 @@ daemons by their pid files, then the namespaces and the work directory.
 import argparse
 import json
 import os
-import selectors
 import shutil
 import signal
 import socket
@@ -87,12 +87,6 @@ FAST_CHECK = {"interval": 0.2, "timeout": 0.15, "rise": 2, "fall": 2}
 BGP = {"reconcile_interval": 2.0, "hold_down": 0.5, "vtysh_timeout": 3.0, "drain_time": 2.0, "min_healthy": 1}
 DAMPING = {"half_life": 10.0, "suppress": 2500, "reuse": 1000, "penalty": 1000}
 MAGLEV_TABLE_SIZE = 4093  # small: `fwd which` builds every table at each call
-
-# The backend servers stop (close) and start (reopen) one listener on these signals.
-TOGGLE_SIGNALS = {
-    PORT_DOWN: (signal.SIGUSR1, signal.SIGUSR2),
-    PORT_FLAP: (signal.SIGRTMIN, signal.SIGRTMIN + 1),
-}
 
 T0 = time.monotonic()
 
@@ -435,7 +429,7 @@ class Lab:
         self.frr = {}
         self.fwd = {}  # box -> Popen
         self.fwd_exit = {}  # box -> (monotonic time, status)
-        self.backends = {}  # n -> Popen
+        self.backends = []  # Popen of every backend server
         self.helpers = []  # client helpers (Popen)
         self.watcher = None
 
@@ -537,22 +531,36 @@ class Lab:
             "  type filter hook forward priority 0;\n  %s\n }\n}\n" % ("\n ".join(decls), "\n  ".join(chain)))
         log("built %d namespaces: %s" % (len(self.namespaces), " ".join(self.namespaces)))
 
+    def backend_control(self, n, port):
+        return os.path.join(self.work, "ctl-b%d-%d" % (n, port))
+
     def start_backends(self):
+        """Per backend, tools/lab_backend.py on each port: port 80 (TCP, and UDP on the VIP and the
+        backend's own addresses), and ports 81 and 82 (TCP), which the lab stops and starts through
+        their state files."""
         for n, (v4, v6) in BACKENDS.items():
-            p = subprocess.Popen(nsx(self.ns("b%d" % n), sys.executable, os.path.abspath(__file__), "_backend",
-                                     "backend-%d" % n, VIP_MAIN[0], VIP_MAIN[1], v4, v6),
-                                 stdout=subprocess.PIPE, stderr=open(os.path.join(self.work, "backend-%d.log" % n), "w"),
-                                 text=True)
-            self.backends[n] = p
-        for n, p in self.backends.items():
+            ns, name = self.ns("b%d" % n), "backend-%d" % n
+            servers = [[str(PORT_MAIN), VIP_MAIN[0], VIP_MAIN[1], v4, v6]]
+            for port in (PORT_DOWN, PORT_FLAP):
+                os.makedirs(self.backend_control(n, port))
+                servers.append([str(port), "--work", self.backend_control(n, port), "--health-port", str(port + 8000)])
+            for args in servers:
+                log_file = open(os.path.join(self.work, "backend-%d-%s.log" % (n, args[0])), "w")
+                p = subprocess.Popen(nsx(ns, sys.executable, os.path.join(HERE, "lab_backend.py"), name, *args),
+                                     stdout=subprocess.PIPE, stderr=log_file, text=True)
+                self.backends.append(p)
+        for p in self.backends:
             if p.stdout.readline().strip() != "ready":
-                raise LabError("backend-%d did not start (see %s/backend-%d.log)" % (n, self.work, n))
+                raise LabError("a backend server did not start (see %s/backend-*.log)" % self.work)
 
     def toggle_backends(self, port, up):
-        sig = TOGGLE_SIGNALS[port][1 if up else 0]
-        for p in self.backends.values():
-            if p.poll() is None:
-                os.kill(p.pid, sig)
+        """Stops (closes the listener: connections are refused) or starts every backend's server on
+        port; lab_backend.py reads its state file every 100 ms."""
+        for n in BACKENDS:
+            path = os.path.join(self.backend_control(n, port), "state-backend-%d" % n)
+            with open(path + ".tmp", "w") as f:
+                f.write("running\n" if up else "stopped\n")
+            os.replace(path + ".tmp", path)
 
     def start_frr(self):
         self.frr["router"] = Frr(self.ns("router"), os.path.join(self.work, "frr-router"), router_frr_config())
@@ -761,7 +769,7 @@ class Lab:
                 frr.stop()
             except OSError:
                 pass
-        for p in self.backends.values():
+        for p in self.backends:
             if p.poll() is None:
                 p.kill()
                 p.wait()
@@ -1070,6 +1078,7 @@ def scenario_sigterm(lab, s):
     s.measure("connections_during_drain", len(during))
     s.measure("slowest_connection_s", max((r[2] for r in results), default=0.0))
     s.measure("connections_over_0.5s", len(slow))
+    s.measure("slow_connections", [["%+.2f s" % (r[0] - t_term), r[1], r[2]] for r in slow[:10]])
     s.measure("syns_to_a_after_sigterm", after["syn4_a"] + after["syn6_a"] - before["syn4_a"] - before["syn6_a"])
     s.check("no client connection failed (%d opened, %d during the drain)" % (len(results), len(during)), not failed,
             "%d failed, first: %s" % (len(failed), failed[:1]))
@@ -1222,76 +1231,7 @@ def demo(lab):
 
 
 # ------------------------------------------------------------------------------------------------
-# Helpers run inside the namespaces: `_backend` and `_client`
-
-
-def backend_main(argv):
-    name, udp_addresses = argv[0], argv[1:]
-    reply = (name + "\n").encode()
-    sel = selectors.DefaultSelector()
-    listeners = {}
-    pending = []
-
-    def listen(port):
-        if port in listeners:
-            return
-        s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("::", port))
-        s.listen(512)
-        s.setblocking(False)
-        sel.register(s, selectors.EVENT_READ, ("listen", None))
-        listeners[port] = s
-
-    def unlisten(port):
-        s = listeners.pop(port, None)
-        if s:
-            sel.unregister(s)
-            s.close()
-
-    for port in (PORT_MAIN, PORT_DOWN, PORT_FLAP):
-        listen(port)
-    for a in udp_addresses:
-        u = socket.socket(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_DGRAM)
-        u.bind((a, PORT_MAIN))
-        u.setblocking(False)
-        sel.register(u, selectors.EVENT_READ, ("udp", None))
-    for port, (stop_sig, start_sig) in TOGGLE_SIGNALS.items():
-        signal.signal(stop_sig, lambda *_, p=port: pending.append((p, False)))
-        signal.signal(start_sig, lambda *_, p=port: pending.append((p, True)))
-    print("ready", flush=True)
-    while True:
-        for key, _ in sel.select(0.2):
-            kind, buf = key.data
-            sock = key.fileobj
-            try:
-                if kind == "listen":
-                    conn, _ = sock.accept()
-                    conn.setblocking(False)
-                    conn.send(reply)
-                    sel.register(conn, selectors.EVENT_READ, ("conn", bytearray()))
-                elif kind == "udp":
-                    data, peer = sock.recvfrom(2048)
-                    sock.sendto(reply, peer)
-                else:
-                    data = sock.recv(4096)
-                    if not data:
-                        raise ConnectionResetError
-                    buf += data
-                    lines = buf.count(b"\n")
-                    if lines:
-                        del buf[:buf.rindex(b"\n") + 1]
-                        sock.send(reply * lines)
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                if kind == "conn":
-                    sel.unregister(sock)
-                    sock.close()
-        while pending:
-            port, up = pending.pop(0)
-            (listen if up else unlisten)(port)
+# The client, run inside the client's namespace: `_client`
 
 
 def connect(vip, port, sport, timeout):
@@ -1382,8 +1322,6 @@ def client_main(argv):
 
 
 def main():
-    if len(sys.argv) > 1 and sys.argv[1] == "_backend":
-        return backend_main(sys.argv[2:])
     if len(sys.argv) > 1 and sys.argv[1] == "_client":
         return client_main(sys.argv[2:])
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], epilog="see the top of this file")

@@ -46,6 +46,9 @@ pub const MAX_WEIGHT: u32 = 65535;
 /// backend's share of slots stays within about 1% of its weighted share (Maglev paper, section 3.4).
 pub const TABLE_SIZE_PER_BACKEND: u32 = 100;
 
+/// Port of the metrics endpoint when `admin.metrics_listen` is not given (on loopback).
+pub const DEFAULT_METRICS_PORT: u16 = 9779;
+
 /// How the XDP program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum XdpMode {
@@ -159,13 +162,16 @@ impl Default for StatsConfig {
 pub struct AdminConfig {
     /// Unix socket of the admin commands.
     pub socket: PathBuf,
-    /// Where Prometheus metrics are served, if anywhere.
+    /// Where Prometheus metrics are served: loopback port 9779 unless configured ("off": nowhere).
     pub metrics_listen: Option<SocketAddr>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { socket: PathBuf::from("/run/fwd/admin.sock"), metrics_listen: None }
+        AdminConfig {
+            socket: PathBuf::from("/run/fwd/admin.sock"),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], DEFAULT_METRICS_PORT))),
+        }
     }
 }
 
@@ -561,7 +567,7 @@ mod tests {
         assert_eq!(defaults.admin.socket, PathBuf::from("/run/fwd/admin.sock"));
         assert_eq!(
             (defaults.admin.metrics_listen, defaults.bgp, defaults.nic, defaults.cores),
-            (None, None, None, None)
+            (Some("127.0.0.1:9779".parse().unwrap()), None, None, None)
         );
 
         assert_eq!(service.name, "198.18.100.1:80/tcp");

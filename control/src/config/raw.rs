@@ -62,7 +62,7 @@ pub(super) struct RawStats {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawAdmin {
     pub socket: Option<String>,
-    pub metrics_listen: Option<Text<SocketAddr>>,
+    pub metrics_listen: Option<Text<MetricsListen>>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -239,6 +239,20 @@ impl TextValue for SocketAddr {
     const EXPECTED: &'static str = "a socket address string such as \"127.0.0.1:9779\"";
     fn parse_text(text: &str) -> Result<Self, ValueError> {
         text.parse().map_err(|_| ValueError::SocketAddr(text.to_string()))
+    }
+}
+
+/// `admin.metrics_listen`: an address, or "off" for no metrics endpoint.
+#[derive(Debug)]
+pub(super) struct MetricsListen(pub Option<SocketAddr>);
+
+impl TextValue for MetricsListen {
+    const EXPECTED: &'static str = "a socket address string such as \"127.0.0.1:9779\", or \"off\"";
+    fn parse_text(text: &str) -> Result<Self, ValueError> {
+        if text == "off" {
+            return Ok(MetricsListen(None));
+        }
+        SocketAddr::parse_text(text).map(|a| MetricsListen(Some(a)))
     }
 }
 

@@ -213,7 +213,10 @@ impl Validator<'_> {
                 }
                 None => defaults.admin.socket,
             },
-            metrics_listen: admin_raw.metrics_listen.map(|Text(a)| a),
+            metrics_listen: match admin_raw.metrics_listen {
+                Some(Text(listen)) => listen.0,
+                None => AdminConfig::default().metrics_listen,
+            },
         };
 
         let mut services = Vec::with_capacity(raw.services.len());

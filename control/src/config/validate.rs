@@ -1294,6 +1294,16 @@ mode = "l2"
     }
 
     #[test]
+    fn metrics_listen_defaults_to_loopback_and_can_be_turned_off() {
+        let on = parse_config(&web("", ""), "t.toml").unwrap().config;
+        assert_eq!(on.admin.metrics_listen, Some("127.0.0.1:9779".parse().unwrap()));
+        let off = parse_config(&web("[admin]\nmetrics_listen = \"off\"", ""), "t.toml").unwrap().config;
+        assert_eq!(off.admin.metrics_listen, None);
+        let v6 = parse_config(&web("[admin]\nmetrics_listen = \"[fd00::1]:9100\"", ""), "t.toml").unwrap().config;
+        assert_eq!(v6.admin.metrics_listen, Some("[fd00::1]:9100".parse().unwrap()));
+    }
+
+    #[test]
     fn bgp_values_are_checked() {
         assert_rejects(
             &web("[bgp]\ndamping = { suppress = 700, reuse = 750 }", ""),

@@ -1299,7 +1299,8 @@ mode = "l2"
         assert_eq!(on.admin.metrics_listen, Some("127.0.0.1:9779".parse().unwrap()));
         let off = parse_config(&web("[admin]\nmetrics_listen = \"off\"", ""), "t.toml").unwrap().config;
         assert_eq!(off.admin.metrics_listen, None);
-        let v6 = parse_config(&web("[admin]\nmetrics_listen = \"[fd00::1]:9100\"", ""), "t.toml").unwrap().config;
+        let v6 =
+            parse_config(&web("[admin]\nmetrics_listen = \"[fd00::1]:9100\"", ""), "t.toml").unwrap().config;
         assert_eq!(v6.admin.metrics_listen, Some("[fd00::1]:9100".parse().unwrap()));
     }
 

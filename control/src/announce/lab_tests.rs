@@ -90,8 +90,12 @@ fn announcer_keeps_a_real_frr_in_line() {
     // FRR stopped altogether: reported, callers never wait, and it recovers when FRR is back.
     frr.stop_daemon(Daemon::Bgpd);
     frr.stop_daemon(Daemon::Zebra);
-    let status =
-        wait_for(&announcer, Duration::from_secs(10), "unreachable", |s| s.frr.reachable == Some(false));
+    // Wait for this failure, not an earlier transient one (right after the bgpd restart above, a
+    // pass can find bgpd still reading its startup config and retry).
+    let status = wait_for(&announcer, Duration::from_secs(10), "unreachable", |s| {
+        s.frr.reachable == Some(false)
+            && s.frr.last_error.as_deref().is_some_and(|e| e.contains("not reachable"))
+    });
     assert!(status.frr.last_error.as_deref().is_some_and(|e| e.contains("not reachable")), "{status:?}");
     let call = Instant::now();
     announcer.set_desired(both(true, true), true);

@@ -112,6 +112,9 @@ pub struct BackendStatus {
     pub health_reason: String,
     /// Seconds since the last health change.
     pub health_since_seconds: Option<f64>,
+    /// When the last health change happened, in seconds since the Unix epoch.
+    #[serde(default)]
+    pub health_since_unix: Option<f64>,
     pub drained: bool,
     /// In the table: `up`, `drained` (no new flows) or `down` (out of the table).
     pub table_state: String,

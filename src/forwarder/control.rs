@@ -530,7 +530,7 @@ impl Control {
                         let id = BackendId { service: s.key, addr: b.addr, port: b.port, fallback };
                         let slots = counts.get(pos).copied().unwrap_or(0);
                         let f = figure(idx);
-                        let (health, reason, since) = self.health_of(bc);
+                        let (health, reason, since, since_unix) = self.health_of(bc);
                         backends.push(BackendStatus {
                             address: host_port(b.addr, b.port),
                             fallback,
@@ -538,6 +538,7 @@ impl Control {
                             health,
                             health_reason: reason,
                             health_since_seconds: since,
+                            health_since_unix: since_unix,
                             drained: self.live.drained.contains(&id),
                             table_state: state_name(b.state).to_string(),
                             slots,
@@ -581,10 +582,11 @@ impl Control {
         }
     }
 
-    /// Health of one backend for reports: (state, reason of the last change, seconds since).
-    fn health_of(&self, b: &BackendConfig) -> (String, String, Option<f64>) {
+    /// Health of one backend for reports: (state, reason of the last change, seconds since it,
+    /// when it happened in Unix seconds).
+    fn health_of(&self, b: &BackendConfig) -> (String, String, Option<f64>, Option<f64>) {
         let Some(spec) = &b.check else {
-            return ("unchecked".into(), String::new(), None);
+            return ("unchecked".into(), String::new(), None, None);
         };
         let target = CheckTarget { addr: b.address, spec: spec.clone() };
         match self.health.target_status(&target) {
@@ -592,8 +594,9 @@ impl Control {
                 t.health.to_string(),
                 t.reason,
                 SystemTime::now().duration_since(t.since).ok().map(|d| d.as_secs_f64()),
+                t.since.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs_f64()),
             ),
-            None => ("unknown".into(), "not probed yet".into(), None),
+            None => ("unknown".into(), "not probed yet".into(), None, None),
         }
     }
 

@@ -127,17 +127,7 @@ impl SnapshotBuilder {
         live: &LiveState,
     ) -> Result<(Snapshot, Vec<TableChange>), TablesError> {
         self.generation += 1;
-        let wanted: HashSet<BackendId> = config
-            .services
-            .iter()
-            .flat_map(|s| {
-                let key = s.key();
-                s.backends
-                    .iter()
-                    .map(move |b| backend_id(key, b, false))
-                    .chain(s.fallback.iter().map(move |b| backend_id(key, b, true)))
-            })
-            .collect();
+        let wanted: HashSet<BackendId> = backends_of(config).map(|(id, _)| id).collect();
         // Free the indices of backends that are gone, then give new ones the lowest free index.
         let gone: Vec<BackendId> = self.indices.keys().filter(|id| !wanted.contains(id)).copied().collect();
         for id in gone {
@@ -294,6 +284,17 @@ impl SnapshotBuilder {
         self.tables.insert(slot, BuiltTable { inputs, table: table.clone(), keys });
         Ok((members, table))
     }
+}
+
+/// Every backend of every service (fallbacks included), with its identity, in config order.
+pub fn backends_of(config: &Config) -> impl Iterator<Item = (BackendId, &BackendConfig)> + '_ {
+    config.services.iter().flat_map(|s| {
+        let key = s.key();
+        s.backends
+            .iter()
+            .map(move |b| (backend_id(key, b, false), b))
+            .chain(s.fallback.iter().map(move |b| (backend_id(key, b, true), b)))
+    })
 }
 
 fn backend_id(service: ServiceKey, b: &BackendConfig, fallback: bool) -> BackendId {

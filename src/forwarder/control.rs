@@ -11,14 +11,16 @@ use crate::netinfo::{self, Interface};
 use arc_swap::ArcSwap;
 use fwd_afxdp::XdpProgram;
 use fwd_control::admin::{
-    BackendStatus, BatchTimes, ReloadReport, Request, Response, ServiceStatus, StatsReport, StatusReport,
-    WorkerStats,
+    AdminCall, BackendStatus, BatchTimes, ReloadReport, Request, Response, ServiceStatus, StatsReport,
+    StatusReport, WorkerStats,
 };
 use fwd_control::announce::{plan_prefixes, Announcer, ServiceServing};
 use fwd_control::config::{format_mac, host_port, load_config, BackendConfig, Config, ServiceConfig};
 use fwd_control::health::{CheckTarget, Health, HealthChecker};
 use fwd_control::metrics::{Exposition, Kind};
-use fwd_control::tables::{cluster_fingerprint, BackendId, InterfaceFacts, LiveState, SnapshotBuilder};
+use fwd_control::tables::{
+    backends_of, cluster_fingerprint, BackendId, InterfaceFacts, LiveState, SnapshotBuilder,
+};
 use fwd_dataplane::counters::{BackendFigures, DropReason, SharedBackendCounters, WorkerCounters};
 use fwd_dataplane::maglev::MaglevTable;
 use fwd_dataplane::snapshot::{BackendIdx, BackendState, ForwardMode, Snapshot};
@@ -347,8 +349,15 @@ impl Control {
         }
     }
 
+    /// Answers a call from the admin socket or the metrics endpoint (a caller gone meanwhile is
+    /// no error).
+    pub fn answer(&mut self, call: AdminCall) {
+        let response = self.handle(call.request);
+        let _ = call.reply.send(response);
+    }
+
     /// Answers one admin (or metrics) request.
-    pub fn handle(&mut self, request: Request) -> Response {
+    fn handle(&mut self, request: Request) -> Response {
         match request {
             Request::Status => Response::ok(self.status()),
             Request::Stats => Response::ok(self.stats()),
@@ -395,7 +404,7 @@ impl Control {
                     report.needs_restart = needs_restart;
                     self.config = new;
                     // Drains of backends that no longer exist are forgotten.
-                    let ids: HashSet<BackendId> = all_backend_ids(&self.config).collect();
+                    let ids: HashSet<BackendId> = backends_of(&self.config).map(|(id, _)| id).collect();
                     self.live.drained.retain(|id| ids.contains(id));
                     self.live.down.retain(|id| ids.contains(id));
                     match (&self.announcer, &self.config.bgp) {
@@ -455,23 +464,19 @@ impl Control {
         };
         if let Some(name) = service {
             if !self.config.services.iter().any(|s| service_matches(s, name)) {
-                let names: Vec<String> = self.config.services.iter().map(service_label).collect();
+                let names: Vec<&str> = self.config.services.iter().map(|s| s.name.as_str()).collect();
                 return Response::error(format!("no service {name:?}; services are: {}", names.join(", ")));
             }
         }
-        let mut matched = Vec::new();
-        for s in &self.config.services {
-            if service.is_some_and(|name| !service_matches(s, name)) {
-                continue;
-            }
-            for (b, fallback) in
-                s.backends.iter().map(|b| (b, false)).chain(s.fallback.iter().map(|b| (b, true)))
-            {
-                if b.address == addr && (port.is_none() || port == b.port) {
-                    matched.push(BackendId { service: s.key(), addr: b.address, port: b.port, fallback });
-                }
-            }
-        }
+        let in_scope = |id: &BackendId| {
+            service.is_none_or(|name| {
+                self.config.services.iter().any(|s| s.key() == id.service && service_matches(s, name))
+            })
+        };
+        let matched: Vec<BackendId> = backends_of(&self.config)
+            .map(|(id, _)| id)
+            .filter(|id| id.addr == addr && (port.is_none() || port == id.port) && in_scope(id))
+            .collect();
         if matched.is_empty() {
             return Response::error(format!(
                 "no backend {backend}{} in the running config",
@@ -557,7 +562,7 @@ impl Control {
             }
             let sum = |f: fn(&BackendStatus) -> u64| backends.iter().map(f).sum::<u64>();
             services.push(ServiceStatus {
-                name: service_label(cfg),
+                name: cfg.name.clone(),
                 key: s.key.to_string(),
                 mode: s.mode.name().to_string(),
                 state: service_state(&snap, s).to_string(),
@@ -952,49 +957,16 @@ fn service_state(_snap: &Snapshot, s: &fwd_dataplane::snapshot::Service) -> &'st
     }
 }
 
-/// A service's name for reports: its configured name (which defaults to its key).
-pub fn service_label(s: &ServiceConfig) -> String {
-    if s.name.is_empty() {
-        s.key().to_string()
-    } else {
-        s.name.clone()
-    }
-}
-
 fn service_matches(s: &ServiceConfig, name: &str) -> bool {
     s.name == name || s.key().to_string() == name
-}
-
-fn all_backend_ids(config: &Config) -> impl Iterator<Item = BackendId> + '_ {
-    config.services.iter().flat_map(|s| {
-        let key = s.key();
-        s.backends
-            .iter()
-            .map(move |b| BackendId { service: key, addr: b.address, port: b.port, fallback: false })
-            .chain(s.fallback.iter().map(move |b| BackendId {
-                service: key,
-                addr: b.address,
-                port: b.port,
-                fallback: true,
-            }))
-    })
 }
 
 /// Every distinct check target of the config, with the backends it decides for.
 fn check_targets(config: &Config) -> HashMap<CheckTarget, Vec<BackendId>> {
     let mut out: HashMap<CheckTarget, Vec<BackendId>> = HashMap::new();
-    for s in &config.services {
-        let key = s.key();
-        let all = s.backends.iter().map(|b| (b, false)).chain(s.fallback.iter().map(|b| (b, true)));
-        for (b, fallback) in all {
-            if let Some(spec) = &b.check {
-                out.entry(CheckTarget { addr: b.address, spec: spec.clone() }).or_default().push(BackendId {
-                    service: key,
-                    addr: b.address,
-                    port: b.port,
-                    fallback,
-                });
-            }
+    for (id, b) in backends_of(config) {
+        if let Some(spec) = &b.check {
+            out.entry(CheckTarget { addr: b.address, spec: spec.clone() }).or_default().push(id);
         }
     }
     out
@@ -1022,14 +994,14 @@ fn diff_services(old: &Config, new: &Config) -> ReloadReport {
     let mut report = ReloadReport::default();
     for (k, s) in &new_by_key {
         match old_by_key.get(k) {
-            None => report.services_added.push(service_label(s)),
-            Some(o) if *o != *s => report.services_changed.push(service_label(s)),
+            None => report.services_added.push(s.name.clone()),
+            Some(o) if *o != *s => report.services_changed.push(s.name.clone()),
             Some(_) => {}
         }
     }
     for (k, s) in &old_by_key {
         if !new_by_key.contains_key(k) {
-            report.services_removed.push(service_label(s));
+            report.services_removed.push(s.name.clone());
         }
     }
     let global_changed =

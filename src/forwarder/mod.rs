@@ -230,8 +230,7 @@ pub fn run(args: &Args) -> Result<()> {
     while !stop.load(Ordering::Relaxed) {
         let wait = next_tick.saturating_duration_since(Instant::now()).min(Duration::from_millis(50));
         if let Some(call) = next_call(&calls, wait) {
-            let response = control.handle(call.request);
-            let _ = call.reply.send(response);
+            control.answer(call);
             continue;
         }
         if Instant::now() < next_tick {
@@ -282,8 +281,7 @@ pub fn run(args: &Args) -> Result<()> {
     let drain_end = Instant::now() + drain;
     while Instant::now() < drain_end && workers.iter().all(|w| !w.is_finished()) {
         if let Some(call) = next_call(&calls, drain_end.saturating_duration_since(Instant::now())) {
-            let response = control.handle(call.request);
-            let _ = call.reply.send(response);
+            control.answer(call);
         }
     }
     stop_workers.store(true, Ordering::Relaxed);

@@ -27,7 +27,7 @@ use crate::frame::Frame;
 use crate::hash::flow_hash;
 use crate::icmp;
 use crate::io::{Batch, Verdict, MAX_BATCH};
-use crate::parse::{parse, L4Meta, ParsedFrame};
+use crate::parse::{parse, parse_common, L4Meta, ParsedFrame};
 use crate::rewrite::{encap_gue, encap_ipip, encap_overhead, rewrite_l2, Macs, Tunnel};
 use crate::snapshot::{Backend, BackendIdx, ForwardMode, FragmentPolicy, Snapshot, VipMatch};
 use arrayvec::ArrayVec;
@@ -279,7 +279,28 @@ impl Worker {
     }
 
     /// First pass: parse and find the service and flow; no state is touched but counters.
+    #[inline(always)]
     fn classify(&self, snap: &Snapshot, data: &[u8]) -> Step {
+        // Plain TCP/UDP (nearly all traffic to a VIP) in a few loads; everything else, and the
+        // rules for it, below.
+        if let Some(common) = parse_common(data) {
+            let facts = FrameFacts {
+                l3_offset: common.l3_offset as usize,
+                l4_offset: common.l4_offset as usize,
+                packet_len: common.packet_len as usize,
+                is_v6: common.is_v6,
+                dont_fragment: common.dont_fragment,
+                icmp_error: false,
+            };
+            return flow_step(snap, facts, common.key, common.tcp_flags, true);
+        }
+        self.classify_other(snap, data)
+    }
+
+    /// [`Self::classify`] for what is not plain TCP/UDP: VLAN stacks, IPv4 options, IPv6
+    /// extension headers, fragments, ICMP, TTL 0, malformed frames.
+    #[inline(never)]
+    fn classify_other(&self, snap: &Snapshot, data: &[u8]) -> Step {
         let parsed = match parse(data) {
             Ok(Some(p)) => p,
             Ok(None) => return Step::Done(Verdict::Pass),
@@ -292,11 +313,11 @@ impl Worker {
             match parsed.l4 {
                 L4Meta::Tcp { src_port, dst_port, flags } => {
                     let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-                    return flow_step(snap, &parsed, key, Some(flags), true);
+                    return flow_step(snap, FrameFacts::of(&parsed), key, Some(flags), true);
                 }
                 L4Meta::Udp { src_port, dst_port } => {
                     let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-                    return flow_step(snap, &parsed, key, None, true);
+                    return flow_step(snap, FrameFacts::of(&parsed), key, None, true);
                 }
                 _ => {}
             }
@@ -313,11 +334,11 @@ impl Worker {
         match parsed.l4 {
             L4Meta::Tcp { src_port, dst_port, flags } => {
                 let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-                flow_step(snap, &parsed, key, Some(flags), true)
+                flow_step(snap, FrameFacts::of(&parsed), key, Some(flags), true)
             }
             L4Meta::Udp { src_port, dst_port } => {
                 let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-                flow_step(snap, &parsed, key, None, true)
+                flow_step(snap, FrameFacts::of(&parsed), key, None, true)
             }
             // Answered in the second pass, where the ICMP budget and the frame are at hand.
             L4Meta::IcmpEchoRequest if snap.local.answer_echo => Step::Echo(FrameFacts::of(&parsed)),
@@ -334,7 +355,7 @@ impl Worker {
                     dst_port: quoted.src_port,
                     proto: quoted.proto,
                 };
-                match flow_step(snap, &parsed, key, None, false) {
+                match flow_step(snap, FrameFacts::of(&parsed), key, None, false) {
                     Step::Done(Verdict::Drop(DropReason::NoService)) => {
                         Step::Done(Verdict::Drop(DropReason::IcmpUnmatched))
                     }
@@ -473,20 +494,14 @@ impl Worker {
 
 /// The step for a TCP/UDP flow (or an ICMP error following one) to `key.dst`.
 #[inline]
-fn flow_step(
-    snap: &Snapshot,
-    parsed: &ParsedFrame,
-    key: FlowKey,
-    tcp_flags: Option<u8>,
-    track: bool,
-) -> Step {
+fn flow_step(snap: &Snapshot, facts: FrameFacts, key: FlowKey, tcp_flags: Option<u8>, track: bool) -> Step {
     let service = match snap.lookup(&key.dst, key.proto, key.dst_port) {
         VipMatch::Service(i) => i,
         VipMatch::VipOnly => return Step::Done(Verdict::Drop(DropReason::NoService)),
         VipMatch::NotVip => return Step::Done(Verdict::Pass),
     };
     let key = snap.service_flow_key(service, key);
-    Step::Forward { facts: FrameFacts::of(parsed), service, key, hash: flow_hash(&key), tcp_flags, track }
+    Step::Forward { facts, service, key, hash: flow_hash(&key), tcp_flags, track }
 }
 
 fn classify_fragment(snap: &Snapshot, parsed: &ParsedFrame) -> Step {

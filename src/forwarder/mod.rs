@@ -296,7 +296,14 @@ pub fn run(args: &Args) -> Result<()> {
     }
     control.program().detach().context("detaching the XDP program")?;
     drop(admin);
-    println!("{}", totals_line(&control.totals()));
+    let totals = control.totals();
+    eprintln!(
+        "fwd: {} batches ({:.1} frames each), {} empty polls",
+        totals.batches,
+        totals.rx_packets as f64 / totals.batches.max(1) as f64,
+        totals.empty_polls
+    );
+    println!("{}", totals_line(&totals));
     Ok(())
 }
 

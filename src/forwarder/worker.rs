@@ -52,6 +52,9 @@ pub struct WorkerExit {
 
 /// Connection-table buckets counted per census step (8 entries each).
 const CENSUS_BUCKETS: usize = 64;
+/// Empty polls in a row after which the worker counts as idle: it takes a census step, and naps
+/// if `idle_sleep` is set.
+const IDLE_POLLS: u32 = 1024;
 /// How often per-backend figures are published.
 const PUBLISH_EVERY_MS: u64 = 100;
 /// How often batch-time percentiles are published (and the histogram restarted).
@@ -97,9 +100,15 @@ pub fn worker_loop(
             worker.note_empty_poll();
             empty_streak += 1;
         }
-        // The census walks the connection table a slice at a time: on every idle poll, and at
-        // most once a millisecond while busy, so that it never costs the traffic.
-        if received == 0 || now_ms != last_census_ms {
+        // The census walks the connection table a slice at a time: once a millisecond, and once
+        // per IDLE_POLLS empty polls in a row (where the worker would nap). Never on every empty
+        // poll: a step touches CENSUS_BUCKETS cold buckets (tens of KiB of cache misses, microseconds),
+        // and empty polls come between batches under load too, whenever the interface's receive
+        // side (often on this same core) has not caught up. Paying a step there multiplied the
+        // cost of an empty poll several times over, kept the core from that receive side, and
+        // evicted the lines the next batch needs.
+        let idle_point = received == 0 && empty_streak.is_multiple_of(IDLE_POLLS);
+        if idle_point || now_ms != last_census_ms {
             last_census_ms = now_ms;
             if worker.census_step(&snap, CENSUS_BUCKETS, now_ms) {
                 shared.active_flows.store(worker.active_flows().iter().sum(), Ordering::Relaxed);
@@ -117,7 +126,7 @@ pub fn worker_loop(
                 h.reset();
             }
         }
-        if received == 0 && empty_streak.is_multiple_of(1024) && !idle_sleep.is_zero() {
+        if idle_point && !idle_sleep.is_zero() {
             std::thread::sleep(idle_sleep);
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! This is the ceiling of anything fwd can do through one AF_XDP port (no parsing, no lookup):
 //! the benchmark harness runs it as the "receive + transmit only" baseline. Prints a summary on
-//! stderr and one JSON object on stdout.
+//! stderr and one JSON object on stdout, also when stopped early by SIGINT or SIGTERM.
 //!
 //! ```text
 //! cargo run --release -p fwd-afxdp --example bounce -- --iface veth0 --queue 0 --seconds 10 --vip 198.18.100.1
@@ -14,6 +14,8 @@ use clap::{Parser, ValueEnum};
 use fwd_afxdp::{AttachMode, BindMode, Port, PortConfig, XdpProgram};
 use fwd_dataplane::io::{PacketIo, Verdict, MAX_BATCH};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -69,6 +71,10 @@ struct Args {
 
 fn main() -> Result<()> {
     let args = Args::parse();
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, stop.clone()).context("installing signal handlers")?;
+    }
     let mut program = XdpProgram::load().context("loading the XDP program")?;
     let mode = match args.xdp_mode {
         XdpModeArg::Auto => AttachMode::Auto,
@@ -133,7 +139,7 @@ fn main() -> Result<()> {
         polls_since_clock += 1;
         if polls_since_clock >= 1024 {
             polls_since_clock = 0;
-            if Instant::now() >= deadline {
+            if Instant::now() >= deadline || stop.load(Ordering::Relaxed) {
                 break;
             }
         }

@@ -1489,6 +1489,17 @@ mod tests {
         }
     }
 
+    /// `frame` with bytes overwritten at `(offset mod length, value)`, then cut to a length `keep`
+    /// picks in `0..=length`.
+    fn mutated(mut frame: Vec<u8>, mutations: &[(usize, u8)], keep: proptest::sample::Index) -> Vec<u8> {
+        for &(at, value) in mutations {
+            let at = at % frame.len();
+            frame[at] = value;
+        }
+        frame.truncate(keep.index(frame.len() + 1));
+        frame
+    }
+
     /// If `parse_common` answers for `frame`, `parse` reads the same plain TCP/UDP packet.
     fn assert_common_agrees(frame: &[u8]) -> Result<(), TestCaseError> {
         let Some(common) = parse_common(frame) else { return Ok(()) };
@@ -1609,12 +1620,7 @@ mod tests {
             mutations in proptest::collection::vec((0usize..120, any::<u8>()), 1..4),
             keep in any::<proptest::sample::Index>(),
         ) {
-            let mut frame = frame;
-            for (at, value) in mutations {
-                let at = at % frame.len();
-                frame[at] = value;
-            }
-            frame.truncate(keep.index(frame.len() + 1));
+            let frame = mutated(frame, &mutations, keep);
             assert_within_frame(&frame, parse(&frame));
         }
 
@@ -1625,12 +1631,7 @@ mod tests {
             mutations in proptest::collection::vec((0usize..120, any::<u8>()), 0..4),
             keep in any::<proptest::sample::Index>(),
         ) {
-            let mut frame = frame;
-            for (at, value) in mutations {
-                let at = at % frame.len();
-                frame[at] = value;
-            }
-            frame.truncate(keep.index(frame.len() + 1));
+            let frame = mutated(frame, &mutations, keep);
             assert_common_agrees(&frame)?;
         }
 

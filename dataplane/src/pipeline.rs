@@ -27,7 +27,7 @@ use crate::frame::Frame;
 use crate::hash::flow_hash;
 use crate::icmp;
 use crate::io::{Batch, Verdict, MAX_BATCH};
-use crate::parse::{parse, parse_common, L4Meta, ParsedFrame};
+use crate::parse::{parse, parse_common, CommonFrame, L4Meta, ParsedFrame};
 use crate::rewrite::{encap_gue, encap_ipip, encap_overhead, rewrite_l2, Macs, Tunnel};
 use crate::snapshot::{Backend, BackendIdx, ForwardMode, FragmentPolicy, Snapshot, VipMatch};
 use arrayvec::ArrayVec;
@@ -107,6 +107,18 @@ impl FrameFacts {
             is_v6: p.ip.is_v6,
             dont_fragment: p.ip.dont_fragment,
             icmp_error: matches!(p.l4, L4Meta::IcmpError { .. }),
+        }
+    }
+
+    #[inline]
+    fn of_common(c: &CommonFrame) -> Self {
+        FrameFacts {
+            l3_offset: c.l3_offset as usize,
+            l4_offset: c.l4_offset as usize,
+            packet_len: c.packet_len as usize,
+            is_v6: c.is_v6,
+            dont_fragment: c.dont_fragment,
+            icmp_error: false,
         }
     }
 }
@@ -284,15 +296,7 @@ impl Worker {
         // Plain TCP/UDP (nearly all traffic to a VIP) in a few loads; everything else, and the
         // rules for it, below.
         if let Some(common) = parse_common(data) {
-            let facts = FrameFacts {
-                l3_offset: common.l3_offset as usize,
-                l4_offset: common.l4_offset as usize,
-                packet_len: common.packet_len as usize,
-                is_v6: common.is_v6,
-                dont_fragment: common.dont_fragment,
-                icmp_error: false,
-            };
-            return flow_step(snap, facts, common.key, common.tcp_flags, true);
+            return flow_step(snap, FrameFacts::of_common(&common), common.key, common.tcp_flags, true);
         }
         self.classify_other(snap, data)
     }

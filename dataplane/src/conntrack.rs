@@ -181,10 +181,20 @@ impl ConnTable {
     /// to a power-of-two number of 8-entry buckets, see [`ConnTable::capacity`]. All memory is
     /// allocated here: about 56 bytes per entry.
     pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
+        Self::new_advised(capacity, timeouts, |_, _| {})
+    }
+
+    /// [`ConnTable::new`], calling `advise(address, bytes)` on the table's storage after it is
+    /// allocated and before it is first written: the moment to ask the kernel for huge pages
+    /// (`fwd_afxdp::advise_huge_pages`; this crate has no system calls). At a million entries the
+    /// table spans ~120 MB, and in 4 KiB pages nearly every lookup also walks the page tables.
+    pub fn new_advised(capacity: usize, timeouts: Timeouts, advise: impl FnOnce(usize, usize)) -> Self {
         let buckets = bucket_count_for(capacity);
+        let mut storage: Vec<Bucket> = Vec::with_capacity(buckets);
+        advise(storage.as_ptr() as usize, buckets * std::mem::size_of::<Bucket>());
+        storage.resize(buckets, Bucket { header: BucketHeader::default(), entries: [EMPTY_ENTRY; WAYS] });
         ConnTable {
-            buckets: vec![Bucket { header: BucketHeader::default(), entries: [EMPTY_ENTRY; WAYS] }; buckets]
-                .into_boxed_slice(),
+            buckets: storage.into_boxed_slice(),
             bucket_mask: buckets - 1,
             timeout_by_state: [0, timeouts.tcp_established_ms, timeouts.tcp_closing_ms, timeouts.udp_ms],
             sweep_cursor: 0,
@@ -462,6 +472,21 @@ impl ConnTable {
         }
     }
 
+    /// The second step of [`ConnTable::prefetch`]: loads the entry line of the slot whose
+    /// signature matches the flow's (the one a hit will read), found through the header line
+    /// that `prefetch` loaded. Call it for the batch after `prefetch` and before the lookups:
+    /// otherwise each hit at a million flows waits for its entry line in turn.
+    #[inline]
+    pub fn prefetch_entry(&self, hash: u64) {
+        if let Some(bucket) = self.buckets.get(self.bucket_index(hash)) {
+            // No candidate: slot 0, a harmless load.
+            let slot = signature_matches(&bucket.header, signature(hash)).trailing_zeros() as usize % WAYS;
+            if let Some(entry) = bucket.entries.get(slot) {
+                black_box(entry.key.proto);
+            }
+        }
+    }
+
     /// Removes every entry. Statistics are kept.
     pub fn clear(&mut self) {
         for bucket in self.buckets.iter_mut() {
@@ -514,6 +539,21 @@ mod tests {
         assert_eq!(std::mem::size_of::<Entry>(), 48);
         assert_eq!(std::mem::size_of::<Bucket>(), 64 + 8 * 48);
         assert_eq!(std::mem::align_of::<Bucket>(), 64);
+    }
+
+    #[test]
+    fn advice_sees_the_whole_storage_before_it_is_used() {
+        let mut seen = None;
+        let mut t = ConnTable::new_advised(1024, TIMEOUTS, |addr, len| seen = Some((addr, len)));
+        let (addr, len) = seen.expect("advise is called");
+        assert_eq!(addr, t.buckets.as_ptr() as usize, "advice on the storage the table keeps");
+        assert_eq!(len, t.bucket_count() * std::mem::size_of::<Bucket>());
+        let a = tcp(40_000);
+        t.insert(&a, flow_hash(&a), value(1), 0, None);
+        t.prefetch(flow_hash(&a));
+        t.prefetch_entry(flow_hash(&a));
+        t.prefetch_entry(flow_hash(&tcp(40_001)));
+        assert_eq!(t.lookup(&a, flow_hash(&a), 1, None), Some(value(1)));
     }
 
     #[test]

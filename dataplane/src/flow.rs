@@ -39,7 +39,7 @@ impl L4Proto {
 ///
 /// For 3-tuple hashing (services that ignore the source port, and fragments) the ignored ports are
 /// zero: see [`FlowKey::without_src_port`] and [`FlowKey::without_ports`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
     pub src: [u8; 16],
     pub dst: [u8; 16],

@@ -174,6 +174,15 @@ pub fn parse(frame: &[u8]) -> Result<Option<ParsedFrame>, DropReason> {
 /// A plain TCP or UDP packet: what [`parse_common`] reports.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CommonFrame {
+    pub facts: CommonFacts,
+    /// The 5-tuple, as [`ParsedFrame::flow_key`] gives it.
+    pub key: FlowKey,
+}
+
+/// A plain TCP or UDP packet's offsets and flags: what [`parse_common_into`] returns beside the
+/// key it writes. Small enough to come back in two registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CommonFacts {
     pub l3_offset: u32,
     pub l4_offset: u32,
     /// IPv4 total length or IPv6 40 + payload length, as in [`IpMeta::packet_len`].
@@ -181,8 +190,6 @@ pub struct CommonFrame {
     pub is_v6: bool,
     /// The IPv4 DF bit; true for IPv6.
     pub dont_fragment: bool,
-    /// The 5-tuple, as [`ParsedFrame::flow_key`] gives it.
-    pub key: FlowKey,
     /// The TCP flags byte; `None` for UDP.
     pub tcp_flags: Option<u8>,
 }
@@ -200,22 +207,32 @@ pub struct CommonFrame {
 /// checks are `parse`'s: version and header length, a total (payload) length within the bytes
 /// present and not below the header, a TCP data offset of at least 5 with the whole TCP header
 /// present, 8 bytes of UDP header.
-#[inline(always)]
+#[inline]
 pub fn parse_common(frame: &[u8]) -> Option<CommonFrame> {
+    let mut key = FlowKey::v6([0; 16], [0; 16], 0, 0, 0);
+    let facts = parse_common_into(frame, &mut key)?;
+    Some(CommonFrame { facts, key })
+}
+
+/// [`parse_common`] writing the flow key into `key` (where the pipeline keeps it for the rest of
+/// the batch) instead of returning it: returning the 60-byte answer in an `Option` cost a copy
+/// through the stack per packet. On `None`, `key` may hold part of a key.
+#[inline(always)]
+pub fn parse_common_into(frame: &[u8], key: &mut FlowKey) -> Option<CommonFacts> {
     let (ether_type, l3_offset) = match frame.get(12..14)? {
         [0x81, 0x00] => (frame.get(16..18)?, ETHERNET_HEADER_LEN + VLAN_TAG_LEN),
         ether_type => (ether_type, ETHERNET_HEADER_LEN),
     };
     let l3 = frame.get(l3_offset..)?;
     match ether_type {
-        [0x08, 0x00] => common_ipv4(l3, l3_offset),
-        [0x86, 0xdd] => common_ipv6(l3, l3_offset),
+        [0x08, 0x00] => common_ipv4(l3, l3_offset, key),
+        [0x86, 0xdd] => common_ipv6(l3, l3_offset, key),
         _ => None,
     }
 }
 
 #[inline(always)]
-fn common_ipv4(l3: &[u8], l3_offset: usize) -> Option<CommonFrame> {
+fn common_ipv4(l3: &[u8], l3_offset: usize, key: &mut FlowKey) -> Option<CommonFacts> {
     const HEADER_LEN: usize = 20;
     let header = l3.first_chunk::<HEADER_LEN>()?;
     // Version 4 and an IHL of 5: no options.
@@ -231,21 +248,25 @@ fn common_ipv4(l3: &[u8], l3_offset: usize) -> Option<CommonFrame> {
     let l4 = l3.get(HEADER_LEN..packet_len)?;
     let proto = header[9];
     let (src_port, dst_port, tcp_flags) = common_l4(proto, l4)?;
-    let src = [header[12], header[13], header[14], header[15]];
-    let dst = [header[16], header[17], header[18], header[19]];
-    Some(CommonFrame {
+    *key = FlowKey {
+        src: v4_mapped(address(header, 12)),
+        dst: v4_mapped(address(header, 16)),
+        src_port,
+        dst_port,
+        proto,
+    };
+    Some(CommonFacts {
         l3_offset: l3_offset as u32,
         l4_offset: (l3_offset + HEADER_LEN) as u32,
         packet_len: packet_len as u32,
         is_v6: false,
         dont_fragment: flags_and_offset & 0x4000 != 0,
-        key: FlowKey { src: v4_mapped(src), dst: v4_mapped(dst), src_port, dst_port, proto },
         tcp_flags,
     })
 }
 
 #[inline(always)]
-fn common_ipv6(l3: &[u8], l3_offset: usize) -> Option<CommonFrame> {
+fn common_ipv6(l3: &[u8], l3_offset: usize, key: &mut FlowKey) -> Option<CommonFacts> {
     let header = l3.first_chunk::<IPV6_HEADER_LEN>()?;
     if header[0] >> 4 != 6 || header[7] == 0 {
         return None;
@@ -255,13 +276,13 @@ fn common_ipv6(l3: &[u8], l3_offset: usize) -> Option<CommonFrame> {
     // Any extension header, the fragment header included, is not TCP or UDP here.
     let proto = header[6];
     let (src_port, dst_port, tcp_flags) = common_l4(proto, l4)?;
-    Some(CommonFrame {
+    *key = FlowKey { src: address(header, 8), dst: address(header, 24), src_port, dst_port, proto };
+    Some(CommonFacts {
         l3_offset: l3_offset as u32,
         l4_offset: (l3_offset + IPV6_HEADER_LEN) as u32,
         packet_len: packet_len as u32,
         is_v6: true,
         dont_fragment: true,
-        key: FlowKey { src: address(header, 8), dst: address(header, 24), src_port, dst_port, proto },
         tcp_flags,
     })
 }
@@ -1507,11 +1528,11 @@ mod tests {
         let Ok(Some(p)) = parsed else {
             return Err(TestCaseError::fail(format!("common {common:?} but parse {parsed:?}")));
         };
-        prop_assert_eq!(common.l3_offset as usize, p.l3_offset);
-        prop_assert_eq!(common.l4_offset as usize, p.ip.l4_offset);
-        prop_assert_eq!(common.packet_len as usize, p.ip.packet_len);
-        prop_assert_eq!(common.is_v6, p.ip.is_v6);
-        prop_assert_eq!(common.dont_fragment, p.ip.dont_fragment);
+        prop_assert_eq!(common.facts.l3_offset as usize, p.l3_offset);
+        prop_assert_eq!(common.facts.l4_offset as usize, p.ip.l4_offset);
+        prop_assert_eq!(common.facts.packet_len as usize, p.ip.packet_len);
+        prop_assert_eq!(common.facts.is_v6, p.ip.is_v6);
+        prop_assert_eq!(common.facts.dont_fragment, p.ip.dont_fragment);
         prop_assert!(p.ip.fragment.is_none());
         prop_assert!(p.ip.ttl != 0);
         prop_assert_eq!(Some(common.key), p.flow_key());
@@ -1519,7 +1540,7 @@ mod tests {
             L4Meta::Tcp { flags, .. } => Some(flags),
             _ => None,
         };
-        prop_assert_eq!(common.tcp_flags, flags);
+        prop_assert_eq!(common.facts.tcp_flags, flags);
         Ok(())
     }
 

@@ -27,10 +27,9 @@ use crate::frame::Frame;
 use crate::hash::flow_hash;
 use crate::icmp;
 use crate::io::{Batch, Verdict, MAX_BATCH};
-use crate::parse::{parse, parse_common, CommonFrame, L4Meta, ParsedFrame};
+use crate::parse::{parse, parse_common_into, CommonFacts, L4Meta, ParsedFrame};
 use crate::rewrite::{encap_gue, encap_ipip, encap_overhead, rewrite_l2, Macs, Tunnel};
-use crate::snapshot::{Backend, BackendIdx, ForwardMode, FragmentPolicy, Snapshot, VipMatch};
-use arrayvec::ArrayVec;
+use crate::snapshot::{BackendIdx, ForwardMode, FragmentPolicy, Snapshot, VipMatch};
 
 /// Sizing of a worker's state, from the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,14 +82,14 @@ impl IcmpBudget {
     }
 }
 
-/// What the second pass needs to know of a parsed frame. A [`ParsedFrame`] is about 130 bytes;
-/// carrying it whole through both passes costs copies of it per packet.
-#[derive(Clone, Copy, Debug)]
+/// What the later passes need to know of a parsed frame. A [`ParsedFrame`] is about 130 bytes;
+/// carrying it whole through the passes costs copies of it per packet.
+#[derive(Clone, Copy, Debug, Default)]
 struct FrameFacts {
-    l3_offset: usize,
-    l4_offset: usize,
+    l3_offset: u32,
+    l4_offset: u32,
     /// IP packet length (IPv4 total length, IPv6 40 + payload length).
-    packet_len: usize,
+    packet_len: u32,
     is_v6: bool,
     dont_fragment: bool,
     /// The frame is itself an ICMP error (never answered with another).
@@ -101,21 +100,21 @@ impl FrameFacts {
     #[inline]
     fn of(p: &ParsedFrame) -> Self {
         FrameFacts {
-            l3_offset: p.l3_offset,
-            l4_offset: p.ip.l4_offset,
-            packet_len: p.ip.packet_len,
+            l3_offset: p.l3_offset as u32,
+            l4_offset: p.ip.l4_offset as u32,
+            packet_len: p.ip.packet_len as u32,
             is_v6: p.ip.is_v6,
             dont_fragment: p.ip.dont_fragment,
             icmp_error: matches!(p.l4, L4Meta::IcmpError { .. }),
         }
     }
 
-    #[inline]
-    fn of_common(c: &CommonFrame) -> Self {
+    #[inline(always)]
+    fn of_common(c: &CommonFacts) -> Self {
         FrameFacts {
-            l3_offset: c.l3_offset as usize,
-            l4_offset: c.l4_offset as usize,
-            packet_len: c.packet_len as usize,
+            l3_offset: c.l3_offset,
+            l4_offset: c.l4_offset,
+            packet_len: c.packet_len,
             is_v6: c.is_v6,
             dont_fragment: c.dont_fragment,
             icmp_error: false,
@@ -123,30 +122,68 @@ impl FrameFacts {
     }
 }
 
-/// What the first pass learned about a frame.
+/// What a frame of the batch still needs after the first pass.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Todo {
+    /// Its verdict is written.
+    #[default]
+    Done,
+    /// An echo request to a VIP, to answer.
+    Echo,
+    /// Forward along the flow in the slot; track the flow if it is new.
+    Forward,
+    /// Forward along the flow in the slot if it is tracked or Maglev places it, but never track
+    /// it (ICMP errors, which only follow flows, and hashed fragments).
+    Follow,
+}
+
+/// One frame's state between the passes of a batch. The worker keeps [`MAX_BATCH`] of them and
+/// each pass writes its fields in place: carrying per-frame values from pass to pass in
+/// collections of enums (about 100 bytes each, moved in and out) cost a quarter of the pipeline.
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    todo: Todo,
+    facts: FrameFacts,
+    /// The flow as the service hashes it (source port zeroed if the service ignores it).
+    key: FlowKey,
+    hash: u64,
+    service: u32,
+    tcp_flags: Option<u8>,
+    /// Set by the placement pass.
+    backend: BackendIdx,
+}
+
+impl Slot {
+    /// Records the slow path's answer.
+    fn store(&mut self, step: Step) -> Option<Verdict> {
+        match step {
+            Step::Done(verdict) => {
+                self.todo = Todo::Done;
+                return Some(verdict);
+            }
+            Step::Echo(facts) => {
+                self.todo = Todo::Echo;
+                self.facts = facts;
+            }
+            Step::Forward { facts, service, key, hash, tcp_flags, track } => {
+                self.todo = if track { Todo::Forward } else { Todo::Follow };
+                self.facts = facts;
+                self.service = service;
+                self.key = key;
+                self.hash = hash;
+                self.tcp_flags = tcp_flags;
+            }
+        }
+        None
+    }
+}
+
+/// What the slow path of the first pass learned about a frame.
 #[derive(Clone, Copy, Debug)]
 enum Step {
     Done(Verdict),
-    /// An echo request to a VIP, to answer.
     Echo(FrameFacts),
-    /// Forward along a flow of `service`.
-    Forward {
-        facts: FrameFacts,
-        service: u32,
-        key: FlowKey,
-        hash: u64,
-        tcp_flags: Option<u8>,
-        /// Track the flow if it is new (not for ICMP errors, which only follow flows).
-        track: bool,
-    },
-}
-
-/// A frame after its flow was placed: what the rewrite needs.
-#[derive(Clone, Copy, Debug)]
-enum Placed<'s> {
-    Done(Verdict),
-    Echo(FrameFacts),
-    Forward { facts: FrameFacts, hash: u64, backend_idx: BackendIdx, backend: &'s Backend },
+    Forward { facts: FrameFacts, service: u32, key: FlowKey, hash: u64, tcp_flags: Option<u8>, track: bool },
 }
 
 /// One worker's pipeline and state.
@@ -157,17 +194,26 @@ pub struct Worker {
     backend_counters: Vec<BackendCounters>,
     census: FlowCensus,
     icmp_budget: IcmpBudget,
+    /// The batch in flight, one slot per frame.
+    slots: Box<[Slot; MAX_BATCH]>,
 }
 
 impl Worker {
     /// Allocates the connection table and counters: everything the worker will ever need.
     pub fn new(config: WorkerConfig) -> Self {
+        Self::new_advised(config, |_, _| {})
+    }
+
+    /// [`Worker::new`] with the connection table's storage shown to `advise` before it is
+    /// touched (see [`ConnTable::new_advised`]).
+    pub fn new_advised(config: WorkerConfig, advise: impl FnOnce(usize, usize)) -> Self {
         Worker {
-            conns: ConnTable::new(config.conn_capacity.max(1), config.timeouts),
+            conns: ConnTable::new_advised(config.conn_capacity.max(1), config.timeouts, advise),
             counters: WorkerCounters::default(),
             backend_counters: Vec::new(),
             census: FlowCensus::default(),
             icmp_budget: IcmpBudget { tokens: 0, last_refill_ms: 0, primed: false },
+            slots: Box::new([Slot::default(); MAX_BATCH]),
         }
     }
 
@@ -237,48 +283,81 @@ impl Worker {
         }
         self.counters.batches += 1;
         let n = batch.len().min(verdicts.len()).min(MAX_BATCH);
-        // Not an array initialised up front: that would write all MAX_BATCH steps (11 KiB) per batch.
-        let mut steps: ArrayVec<Step, MAX_BATCH> = ArrayVec::new();
-        for frame in batch.iter().take(n) {
+        let slots = &mut self.slots[..n];
+        let verdicts = &mut verdicts[..n];
+        for ((frame, slot), verdict) in batch.iter().zip(slots.iter_mut()).zip(verdicts.iter_mut()) {
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += frame.len() as u64;
-            // Cannot fail: n <= MAX_BATCH.
-            let _ = steps.try_push(self.classify(snap, frame.data()));
-        }
-        // The connection-table loads of the batch, in a loop of their own: its misses then overlap,
-        // where one load per classified frame leaves the core waiting for each in turn.
-        for step in &steps {
-            if let Step::Forward { hash, .. } = step {
-                self.conns.prefetch(*hash);
+            let data = frame.data();
+            // Plain TCP/UDP (nearly all traffic to a VIP) in a few loads; everything else, and the
+            // rules for it, in `classify_other`.
+            let common = parse_common_into(data, &mut slot.key);
+            let done = match common {
+                Some(c) => classify_flow(snap, slot, FrameFacts::of_common(&c), c.tcp_flags, true),
+                None => slot.store(classify_other(snap, data)),
+            };
+            if let Some(v) = done {
+                slot.todo = Todo::Done;
+                *verdict = v;
             }
         }
-        // Placement of every flow before any rewrite, for the same reason: short lookups in a row
-        // keep several connection-table entries in flight at once.
-        let mut placed: ArrayVec<Placed<'_>, MAX_BATCH> = ArrayVec::new();
-        for step in &steps {
-            let p = match *step {
-                Step::Done(v) => Placed::Done(v),
-                Step::Echo(facts) => Placed::Echo(facts),
-                Step::Forward { facts, service, ref key, hash, tcp_flags, track } => {
-                    match self.pick_backend(snap, service, key, hash, tcp_flags, track, now_ms) {
-                        Ok((backend_idx, backend)) => Placed::Forward { facts, hash, backend_idx, backend },
-                        Err(reason) => Placed::Done(Verdict::Drop(reason)),
+        // The connection-table loads of the batch, in a loop of their own: its misses then overlap.
+        // A load (safe code has no prefetch instruction) in the classify loop above waits for its
+        // miss with the reorder buffer full of that loop's work: at a million flows that doubled
+        // the time per packet.
+        for slot in slots.iter() {
+            if matches!(slot.todo, Todo::Forward | Todo::Follow) {
+                self.conns.prefetch(slot.hash);
+            }
+        }
+        // Then the entry line a hit reads, for the same reason.
+        for slot in slots.iter() {
+            if matches!(slot.todo, Todo::Forward | Todo::Follow) {
+                self.conns.prefetch_entry(slot.hash);
+            }
+        }
+        // Placement of every flow before any rewrite: short lookups in a row keep several
+        // connection-table entries in flight at once.
+        for (slot, verdict) in slots.iter_mut().zip(verdicts.iter_mut()) {
+            if matches!(slot.todo, Todo::Forward | Todo::Follow) {
+                match pick_backend(&mut self.conns, &mut self.backend_counters, snap, slot, now_ms) {
+                    Ok(backend) => slot.backend = backend,
+                    Err(reason) => {
+                        slot.todo = Todo::Done;
+                        *verdict = Verdict::Drop(reason);
                     }
                 }
-            };
-            let _ = placed.try_push(p);
+            }
         }
-        for ((frame, p), verdict) in batch.iter_mut().take(n).zip(placed.iter()).zip(verdicts.iter_mut()) {
-            *verdict = match *p {
-                Placed::Done(v) => v,
-                Placed::Echo(facts) => self.answer_echo(snap, frame, &facts, now_ms),
-                Placed::Forward { facts, hash, backend_idx, backend } => {
-                    match self.forward(snap, frame, &facts, hash, backend_idx, backend, now_ms) {
+        let slots = &self.slots[..n];
+        for ((frame, slot), verdict) in batch.iter_mut().zip(slots.iter()).zip(verdicts.iter_mut()) {
+            match slot.todo {
+                Todo::Done => {}
+                Todo::Echo => {
+                    *verdict = answer_echo(
+                        &mut self.icmp_budget,
+                        &mut self.counters,
+                        snap,
+                        frame,
+                        &slot.facts,
+                        now_ms,
+                    )
+                }
+                Todo::Forward | Todo::Follow => {
+                    *verdict = match forward(
+                        &mut self.icmp_budget,
+                        &mut self.counters,
+                        &mut self.backend_counters,
+                        snap,
+                        frame,
+                        slot,
+                        now_ms,
+                    ) {
                         Ok(()) => Verdict::Tx,
                         Err(reason) => Verdict::Drop(reason),
                     }
                 }
-            };
+            }
             match *verdict {
                 Verdict::Tx => {
                     self.counters.tx_packets += 1;
@@ -289,211 +368,234 @@ impl Worker {
             }
         }
     }
+}
 
-    /// First pass: parse and find the service and flow; no state is touched but counters.
-    #[inline(always)]
-    fn classify(&self, snap: &Snapshot, data: &[u8]) -> Step {
-        // Plain TCP/UDP (nearly all traffic to a VIP) in a few loads; everything else, and the
-        // rules for it, below.
-        if let Some(common) = parse_common(data) {
-            return flow_step(snap, FrameFacts::of_common(&common), common.key, common.tcp_flags, true);
-        }
-        self.classify_other(snap, data)
-    }
+/// The first pass for a TCP/UDP flow (or an ICMP error following one) whose key is already in
+/// `slot.key`: finds the service and hashes the flow. `Some` is the frame's verdict if it has one.
+#[inline(always)]
+fn classify_flow(
+    snap: &Snapshot,
+    slot: &mut Slot,
+    facts: FrameFacts,
+    tcp_flags: Option<u8>,
+    track: bool,
+) -> Option<Verdict> {
+    let service = match snap.lookup(&slot.key.dst, slot.key.proto, slot.key.dst_port) {
+        VipMatch::Service(i) => i,
+        VipMatch::VipOnly => return Some(Verdict::Drop(DropReason::NoService)),
+        VipMatch::NotVip => return Some(Verdict::Pass),
+    };
+    snap.apply_flow_key_policy(service, &mut slot.key);
+    slot.todo = if track { Todo::Forward } else { Todo::Follow };
+    slot.facts = facts;
+    slot.service = service;
+    slot.tcp_flags = tcp_flags;
+    slot.hash = flow_hash(&slot.key);
+    None
+}
 
-    /// [`Self::classify`] for what is not plain TCP/UDP: VLAN stacks, IPv4 options, IPv6
-    /// extension headers, fragments, ICMP, TTL 0, malformed frames.
-    #[inline(never)]
-    fn classify_other(&self, snap: &Snapshot, data: &[u8]) -> Step {
-        let parsed = match parse(data) {
-            Ok(Some(p)) => p,
-            Ok(None) => return Step::Done(Verdict::Pass),
-            Err(reason) => return Step::Done(Verdict::Drop(reason)),
-        };
-        let ip = &parsed.ip;
-        // The common case, unfragmented TCP or UDP with TTL left, needs one lookup: the service
-        // lookup tells a VIP from other addresses too, so the VIP probe below is skipped.
-        if ip.ttl != 0 && ip.fragment.is_none() {
-            match parsed.l4 {
-                L4Meta::Tcp { src_port, dst_port, flags } => {
-                    let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-                    return flow_step(snap, FrameFacts::of(&parsed), key, Some(flags), true);
-                }
-                L4Meta::Udp { src_port, dst_port } => {
-                    let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-                    return flow_step(snap, FrameFacts::of(&parsed), key, None, true);
-                }
-                _ => {}
-            }
-        }
-        if !snap.is_vip(&ip.dst) {
-            return Step::Done(Verdict::Pass);
-        }
-        if ip.ttl == 0 {
-            return Step::Done(Verdict::Drop(DropReason::TtlExceeded));
-        }
-        if ip.fragment.is_some() {
-            return classify_fragment(snap, &parsed);
-        }
+/// The first pass for what is not plain TCP/UDP: VLAN stacks, IPv4 options, IPv6
+/// extension headers, fragments, ICMP, TTL 0, malformed frames.
+#[inline(never)]
+fn classify_other(snap: &Snapshot, data: &[u8]) -> Step {
+    let parsed = match parse(data) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Step::Done(Verdict::Pass),
+        Err(reason) => return Step::Done(Verdict::Drop(reason)),
+    };
+    let ip = &parsed.ip;
+    // The common case, unfragmented TCP or UDP with TTL left, needs one lookup: the service
+    // lookup tells a VIP from other addresses too, so the VIP probe below is skipped.
+    if ip.ttl != 0 && ip.fragment.is_none() {
         match parsed.l4 {
             L4Meta::Tcp { src_port, dst_port, flags } => {
                 let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-                flow_step(snap, FrameFacts::of(&parsed), key, Some(flags), true)
+                return flow_step(snap, FrameFacts::of(&parsed), key, Some(flags), true);
             }
             L4Meta::Udp { src_port, dst_port } => {
                 let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-                flow_step(snap, FrameFacts::of(&parsed), key, None, true)
+                return flow_step(snap, FrameFacts::of(&parsed), key, None, true);
             }
-            // Answered in the second pass, where the ICMP budget and the frame are at hand.
-            L4Meta::IcmpEchoRequest if snap.local.answer_echo => Step::Echo(FrameFacts::of(&parsed)),
-            L4Meta::IcmpEchoRequest => Step::Done(Verdict::Pass),
-            L4Meta::IcmpError { quoted } => {
-                // The quoted packet went from the VIP to the client: the flow is its reverse.
-                if quoted.src != ip.dst {
-                    return Step::Done(Verdict::Drop(DropReason::IcmpUnmatched));
+            _ => {}
+        }
+    }
+    if !snap.is_vip(&ip.dst) {
+        return Step::Done(Verdict::Pass);
+    }
+    if ip.ttl == 0 {
+        return Step::Done(Verdict::Drop(DropReason::TtlExceeded));
+    }
+    if ip.fragment.is_some() {
+        return classify_fragment(snap, &parsed);
+    }
+    match parsed.l4 {
+        L4Meta::Tcp { src_port, dst_port, flags } => {
+            let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
+            flow_step(snap, FrameFacts::of(&parsed), key, Some(flags), true)
+        }
+        L4Meta::Udp { src_port, dst_port } => {
+            let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
+            flow_step(snap, FrameFacts::of(&parsed), key, None, true)
+        }
+        // Answered in the second pass, where the ICMP budget and the frame are at hand.
+        L4Meta::IcmpEchoRequest if snap.local.answer_echo => Step::Echo(FrameFacts::of(&parsed)),
+        L4Meta::IcmpEchoRequest => Step::Done(Verdict::Pass),
+        L4Meta::IcmpError { quoted } => {
+            // The quoted packet went from the VIP to the client: the flow is its reverse.
+            if quoted.src != ip.dst {
+                return Step::Done(Verdict::Drop(DropReason::IcmpUnmatched));
+            }
+            let key = FlowKey {
+                src: quoted.dst,
+                dst: quoted.src,
+                src_port: quoted.dst_port,
+                dst_port: quoted.src_port,
+                proto: quoted.proto,
+            };
+            match flow_step(snap, FrameFacts::of(&parsed), key, None, false) {
+                Step::Done(Verdict::Drop(DropReason::NoService)) => {
+                    Step::Done(Verdict::Drop(DropReason::IcmpUnmatched))
                 }
-                let key = FlowKey {
-                    src: quoted.dst,
-                    dst: quoted.src,
-                    src_port: quoted.dst_port,
-                    dst_port: quoted.src_port,
-                    proto: quoted.proto,
-                };
-                match flow_step(snap, FrameFacts::of(&parsed), key, None, false) {
-                    Step::Done(Verdict::Drop(DropReason::NoService)) => {
-                        Step::Done(Verdict::Drop(DropReason::IcmpUnmatched))
-                    }
-                    step => step,
-                }
-            }
-            L4Meta::IcmpOther | L4Meta::Other | L4Meta::Fragment => {
-                Step::Done(Verdict::Drop(DropReason::UnsupportedProtocol))
+                step => step,
             }
         }
+        L4Meta::IcmpOther | L4Meta::Other | L4Meta::Fragment => {
+            Step::Done(Verdict::Drop(DropReason::UnsupportedProtocol))
+        }
     }
+}
 
-    /// Answers an echo request to a VIP in place, within the ICMP budget.
-    fn answer_echo(
-        &mut self,
-        snap: &Snapshot,
-        frame: &mut Frame<'_>,
-        facts: &FrameFacts,
-        now_ms: u64,
-    ) -> Verdict {
-        if !self.icmp_budget.take(snap.local.icmp_rate_per_sec, now_ms) {
-            return Verdict::Drop(DropReason::IcmpRateLimited);
-        }
-        match icmp::echo_reply(frame, facts.l3_offset, facts.l4_offset, facts.packet_len, facts.is_v6) {
-            Ok(()) => {
-                self.counters.icmp_generated += 1;
-                Verdict::Tx
-            }
-            Err(reason) => Verdict::Drop(reason),
+/// The backend for a flow: its tracked one if still valid, else the Maglev pick (tracked unless
+/// the slot only follows flows).
+#[inline(always)]
+fn pick_backend(
+    conns: &mut ConnTable,
+    backend_counters: &mut [BackendCounters],
+    snap: &Snapshot,
+    slot: &Slot,
+    now_ms: u64,
+) -> Result<BackendIdx, DropReason> {
+    if let Some(v) = conns.lookup(&slot.key, slot.hash, now_ms, slot.tcp_flags) {
+        if snap.tracked_backend(v.backend, v.tag).is_some_and(|b| b.service == slot.service) {
+            return Ok(v.backend);
         }
     }
+    let idx = snap.maglev_pick(slot.service, slot.hash).ok_or(DropReason::NoBackend)?;
+    let backend = snap.backends.get(idx as usize).ok_or(DropReason::NoBackend)?;
+    if slot.todo == Todo::Forward {
+        conns.insert(
+            &slot.key,
+            slot.hash,
+            ConnValue { backend: idx, tag: backend.tag },
+            now_ms,
+            slot.tcp_flags,
+        );
+        if let Some(c) = backend_counters.get_mut(idx as usize) {
+            c.new_flows += 1;
+        }
+    }
+    Ok(idx)
+}
 
-    /// Last pass: rewrites the frame towards its backend.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &mut self,
-        snap: &Snapshot,
-        frame: &mut Frame<'_>,
-        facts: &FrameFacts,
-        hash: u64,
-        backend_idx: BackendIdx,
-        backend: &Backend,
-        now_ms: u64,
-    ) -> Result<(), DropReason> {
-        let next_hop = backend.next_hop_mac.ok_or(DropReason::NextHopUnresolved)?;
-        let macs = Macs { dst: next_hop, src: snap.local.mac };
-        match backend.mode {
-            ForwardMode::L2 => rewrite_l2(frame, macs)?,
-            mode => {
-                let gue = mode == ForwardMode::Gue;
-                let outer_v6 = backend.addr.is_ipv6();
-                let overhead = encap_overhead(gue, outer_v6);
-                if facts.packet_len + overhead > usize::from(snap.local.mtu) {
-                    return self.too_big(snap, frame, facts, overhead, now_ms);
-                }
-                let src = snap.local.tunnel_source(outer_v6, hash).ok_or(DropReason::NoTunnelSource)?;
-                let tunnel = Tunnel { src, dst: backend.addr };
-                if gue {
-                    encap_gue(
-                        frame,
-                        facts.l3_offset,
-                        facts.packet_len,
-                        facts.is_v6,
-                        tunnel,
-                        hash,
-                        snap.local.gue_port,
-                        macs,
-                    )?
-                } else {
-                    encap_ipip(frame, facts.l3_offset, facts.packet_len, facts.is_v6, tunnel, hash, macs)?
-                }
-            }
-        }
-        if let Some(c) = self.backend_counters.get_mut(backend_idx as usize) {
-            c.packets += 1;
-            c.bytes += frame.len() as u64;
-        }
-        Ok(())
+/// Answers an echo request to a VIP in place, within the ICMP budget.
+fn answer_echo(
+    budget: &mut IcmpBudget,
+    counters: &mut WorkerCounters,
+    snap: &Snapshot,
+    frame: &mut Frame<'_>,
+    facts: &FrameFacts,
+    now_ms: u64,
+) -> Verdict {
+    if !budget.take(snap.local.icmp_rate_per_sec, now_ms) {
+        return Verdict::Drop(DropReason::IcmpRateLimited);
     }
+    let (l3, l4, len) = (facts.l3_offset as usize, facts.l4_offset as usize, facts.packet_len as usize);
+    match icmp::echo_reply(frame, l3, l4, len, facts.is_v6) {
+        Ok(()) => {
+            counters.icmp_generated += 1;
+            Verdict::Tx
+        }
+        Err(reason) => Verdict::Drop(reason),
+    }
+}
 
-    /// The backend for a flow: its tracked one if still valid, else the Maglev pick (tracked).
-    #[allow(clippy::too_many_arguments)]
-    fn pick_backend<'s>(
-        &mut self,
-        snap: &'s Snapshot,
-        service: u32,
-        key: &FlowKey,
-        hash: u64,
-        tcp_flags: Option<u8>,
-        track: bool,
-        now_ms: u64,
-    ) -> Result<(BackendIdx, &'s Backend), DropReason> {
-        if let Some(v) = self.conns.lookup(key, hash, now_ms, tcp_flags) {
-            if let Some(b) = snap.tracked_backend(v.backend, v.tag).filter(|b| b.service == service) {
-                return Ok((v.backend, b));
+/// Last pass: rewrites the frame towards the slot's backend.
+#[inline(always)]
+fn forward(
+    budget: &mut IcmpBudget,
+    counters: &mut WorkerCounters,
+    backend_counters: &mut [BackendCounters],
+    snap: &Snapshot,
+    frame: &mut Frame<'_>,
+    slot: &Slot,
+    now_ms: u64,
+) -> Result<(), DropReason> {
+    let backend = snap.backends.get(slot.backend as usize).ok_or(DropReason::NoBackend)?;
+    let facts = &slot.facts;
+    let next_hop = backend.next_hop_mac.ok_or(DropReason::NextHopUnresolved)?;
+    let macs = Macs { dst: next_hop, src: snap.local.mac };
+    let (l3_offset, packet_len) = (facts.l3_offset as usize, facts.packet_len as usize);
+    match backend.mode {
+        ForwardMode::L2 => rewrite_l2(frame, macs)?,
+        mode => {
+            let gue = mode == ForwardMode::Gue;
+            let outer_v6 = backend.addr.is_ipv6();
+            let overhead = encap_overhead(gue, outer_v6);
+            if packet_len + overhead > usize::from(snap.local.mtu) {
+                return too_big(budget, counters, snap, frame, facts, overhead, now_ms);
+            }
+            let src = snap.local.tunnel_source(outer_v6, slot.hash).ok_or(DropReason::NoTunnelSource)?;
+            let tunnel = Tunnel { src, dst: backend.addr };
+            if gue {
+                encap_gue(
+                    frame,
+                    l3_offset,
+                    packet_len,
+                    facts.is_v6,
+                    tunnel,
+                    slot.hash,
+                    snap.local.gue_port,
+                    macs,
+                )?
+            } else {
+                encap_ipip(frame, l3_offset, packet_len, facts.is_v6, tunnel, slot.hash, macs)?
             }
         }
-        let idx = snap.maglev_pick(service, hash).ok_or(DropReason::NoBackend)?;
-        let backend = snap.backends.get(idx as usize).ok_or(DropReason::NoBackend)?;
-        if track {
-            self.conns.insert(key, hash, ConnValue { backend: idx, tag: backend.tag }, now_ms, tcp_flags);
-            if let Some(c) = self.backend_counters.get_mut(idx as usize) {
-                c.new_flows += 1;
-            }
-        }
-        Ok((idx, backend))
     }
+    if let Some(c) = backend_counters.get_mut(slot.backend as usize) {
+        c.packets += 1;
+        c.bytes += frame.len() as u64;
+    }
+    Ok(())
+}
 
-    /// The packet cannot be forwarded whole: tell the client (IPv4 with DF, and IPv6) or drop.
-    fn too_big(
-        &mut self,
-        snap: &Snapshot,
-        frame: &mut Frame<'_>,
-        facts: &FrameFacts,
-        overhead: usize,
-        now_ms: u64,
-    ) -> Result<(), DropReason> {
-        // fwd never fragments: an IPv4 packet without DF is dropped, as a router without
-        // fragmentation support would.
-        if !facts.dont_fragment {
-            return Err(DropReason::TooBig);
-        }
-        // Never answer an ICMP error with an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4).
-        if facts.icmp_error {
-            return Err(DropReason::TooBig);
-        }
-        if !self.icmp_budget.take(snap.local.icmp_rate_per_sec, now_ms) {
-            return Err(DropReason::IcmpRateLimited);
-        }
-        let mtu = usize::from(snap.local.mtu).saturating_sub(overhead);
-        icmp::too_big(frame, facts.l3_offset, facts.packet_len, facts.is_v6, mtu as u16)?;
-        self.counters.icmp_generated += 1;
-        Ok(())
+/// The packet cannot be forwarded whole: tell the client (IPv4 with DF, and IPv6) or drop.
+#[inline(never)]
+fn too_big(
+    budget: &mut IcmpBudget,
+    counters: &mut WorkerCounters,
+    snap: &Snapshot,
+    frame: &mut Frame<'_>,
+    facts: &FrameFacts,
+    overhead: usize,
+    now_ms: u64,
+) -> Result<(), DropReason> {
+    // fwd never fragments: an IPv4 packet without DF is dropped, as a router without
+    // fragmentation support would.
+    if !facts.dont_fragment {
+        return Err(DropReason::TooBig);
     }
+    // Never answer an ICMP error with an ICMP error (RFC 1122 3.2.2, RFC 4443 2.4).
+    if facts.icmp_error {
+        return Err(DropReason::TooBig);
+    }
+    if !budget.take(snap.local.icmp_rate_per_sec, now_ms) {
+        return Err(DropReason::IcmpRateLimited);
+    }
+    let mtu = usize::from(snap.local.mtu).saturating_sub(overhead);
+    icmp::too_big(frame, facts.l3_offset as usize, facts.packet_len as usize, facts.is_v6, mtu as u16)?;
+    counters.icmp_generated += 1;
+    Ok(())
 }
 
 /// The step for a TCP/UDP flow (or an ICMP error following one) to `key.dst`.

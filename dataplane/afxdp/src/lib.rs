@@ -26,6 +26,7 @@
 //! This is the only crate of the workspace with `unsafe` code: every block says why it is sound.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod memory;
 pub mod packet;
 pub mod port;
 pub mod program;
@@ -33,6 +34,7 @@ mod sys;
 #[cfg(test)]
 mod testnet;
 
+pub use memory::advise_huge_pages;
 pub use packet::{PacketConfig, PacketError, PacketSocket, PacketStats};
 pub use port::{BindMode, BoundMode, KernelStats, Port, PortConfig, PortError, PortStats};
 pub use program::{

@@ -85,6 +85,9 @@ const TCP_ACK: u8 = 0x10;
 
 /// Slots per bucket.
 const WAYS: usize = 8;
+/// Above this size the table is taken to live in memory rather than the caches (an L3 share of
+/// a few MiB per core on the servers fwd targets).
+const CACHE_RESIDENT_BYTES: usize = 8 << 20;
 
 /// The state lives in the low 2 bits of a slot's header word; the other 30 are the signature.
 const STATE_MASK: u32 = 0b11;
@@ -485,6 +488,14 @@ impl ConnTable {
                 black_box(entry.key.proto);
             }
         }
+    }
+
+    /// Whether the table is larger than a core's share of the caches, so that a batch's
+    /// lookups wait for memory: then [`ConnTable::prefetch_entry`] pays for its second pass over
+    /// the batch; in a cache-resident table it only adds work.
+    #[inline]
+    pub fn outgrows_cache(&self) -> bool {
+        self.buckets.len() * std::mem::size_of::<Bucket>() > CACHE_RESIDENT_BYTES
     }
 
     /// Removes every entry. Statistics are kept.

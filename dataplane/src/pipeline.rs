@@ -310,10 +310,13 @@ impl Worker {
                 self.conns.prefetch(slot.hash);
             }
         }
-        // Then the entry line a hit reads, for the same reason.
-        for slot in slots.iter() {
-            if matches!(slot.todo, Todo::Forward | Todo::Follow) {
-                self.conns.prefetch_entry(slot.hash);
+        // Then the entry line a hit reads, found through the header line just loaded: in a table
+        // that lives in memory each hit would otherwise wait for it in turn.
+        if self.conns.outgrows_cache() {
+            for slot in slots.iter() {
+                if matches!(slot.todo, Todo::Forward | Todo::Follow) {
+                    self.conns.prefetch_entry(slot.hash);
+                }
             }
         }
         // Placement of every flow before any rewrite: short lookups in a row keep several

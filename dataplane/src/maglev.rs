@@ -95,25 +95,12 @@ impl MaglevTable {
             return Ok(MaglevTable { slots: Box::new([]), size, members: members.len(), fingerprint: 0 });
         }
 
+        let scale = FixedPoint::new(size);
         let mut walkers: Vec<Walker> =
-            canonical.iter().map(|&i| Walker::new(&members[usize::from(i)].key, size)).collect();
+            canonical.iter().map(|&i| Walker::new(&members[usize::from(i)].key, i, size, scale)).collect();
         let weights: Vec<u64> =
             canonical.iter().map(|&i| u64::from(members[usize::from(i)].weight)).collect();
-        let slots = match Turns::new(&weights, size) {
-            Turns::RoundRobin => {
-                let ranks = canonical.len();
-                let mut next = 0;
-                let round_robin = std::iter::repeat_with(|| {
-                    let rank = next;
-                    next = if next + 1 == ranks { 0 } else { next + 1 };
-                    rank
-                });
-                fill(size, &mut walkers, &canonical, round_robin)
-            }
-            Turns::Listed(turns) => {
-                fill(size, &mut walkers, &canonical, turns.iter().map(|&t| usize::from(t)))
-            }
-        };
+        let slots = fill(size, &mut walkers, &Turns::new(&weights, size));
         let slots = slots.into_boxed_slice();
         let fingerprint = digest(&slots, members, size);
         Ok(MaglevTable { slots, size, members: members.len(), fingerprint })
@@ -253,29 +240,86 @@ fn for_each_turn_round(weight: u64, max_weight: u64, rounds: usize, mut f: impl 
     }
 }
 
+/// Slot positions in fixed point, so that stepping along a walk is one wrapping add with no
+/// reduction modulo the size: slot `n mod size` is represented by `n * ceil(2^64 / size)` (mod
+/// 2^64) and read back as the high half of that times `size`.
+///
+/// Exact as long as `n < 2^64 / size`: with `ceil(2^64 / size) = 2^64 / size + d` (`0 < d < 1`, as
+/// `size` is an odd prime), `n * scale mod 2^64 = (n mod size) * 2^64 / size + n * d`, and the
+/// high half of that times `size` is `n mod size` while `n * d * size < 2^64`. A walk's `n` is
+/// `offset + j * skip` with `j` at most `size` (no walk passes a slot twice), below
+/// `size^2 + size`, and sizes are below 2^21, so `n * size < 2^63`.
+#[derive(Clone, Copy)]
+struct FixedPoint {
+    scale: u64,
+    size: u64,
+}
+
+impl FixedPoint {
+    fn new(size: u32) -> FixedPoint {
+        FixedPoint { scale: u64::MAX / u64::from(size) + 1, size: u64::from(size) }
+    }
+
+    #[inline(always)]
+    fn of(self, slot: u32) -> u64 {
+        u64::from(slot) * self.scale
+    }
+
+    #[inline(always)]
+    fn slot(self, at: u64) -> usize {
+        ((u128::from(at) * u128::from(self.size)) >> 64) as usize
+    }
+}
+
 /// One member's walk through its permutation of the slots.
 #[derive(Clone, Copy)]
 struct Walker {
-    /// The next slot it will try.
-    position: u32,
-    skip: u32,
-    /// `2 * skip mod size`.
-    double_skip: u32,
+    /// The next slot it will try, in [`FixedPoint`].
+    at: u64,
+    /// `skip` in [`FixedPoint`]: a wrapping add steps the walk.
+    step: u64,
+    /// What its slots hold: its index among the members given to `build`.
+    member: u16,
+    /// `skip`'s inverse modulo the size, for the endgame; 0 until first needed.
+    inverse: u32,
 }
 
 impl Walker {
-    fn new(key: &BackendKey, size: u32) -> Walker {
+    fn new(key: &BackendKey, member: u16, size: u32, scale: FixedPoint) -> Walker {
         let skip = (xxh3_64_with_seed(&key.0, MAGLEV_SKIP_SEED) % u64::from(size - 1)) as u32 + 1;
-        Walker {
-            position: (xxh3_64_with_seed(&key.0, MAGLEV_OFFSET_SEED) % u64::from(size)) as u32,
-            skip,
-            double_skip: add_mod(skip, skip, size),
+        let offset = (xxh3_64_with_seed(&key.0, MAGLEV_OFFSET_SEED) % u64::from(size)) as u32;
+        Walker { at: scale.of(offset), step: scale.of(skip), member, inverse: 0 }
+    }
+}
+
+/// Calls `claim` with the walker of each turn in `turns` (turn numbers, from 0), in order.
+#[inline(always)]
+fn for_each_turn(
+    order: &Turns,
+    walkers: &mut [Walker],
+    turns: std::ops::Range<usize>,
+    mut claim: impl FnMut(&mut Walker),
+) {
+    match order {
+        Turns::RoundRobin => {
+            // Whole stretches of consecutive ranks: a plain pass over the walkers.
+            let mut turn = turns.start;
+            while turn < turns.end {
+                let rank = turn % walkers.len();
+                let stretch = (walkers.len() - rank).min(turns.end - turn);
+                walkers[rank..rank + stretch].iter_mut().for_each(&mut claim);
+                turn += stretch;
+            }
+        }
+        Turns::Listed(ranks) => {
+            for &rank in &ranks[turns] {
+                claim(&mut walkers[usize::from(rank)]);
+            }
         }
     }
 }
 
-/// Fills the table one turn at a time: each turn's member (by rank; `members[rank]` is what its
-/// slots hold) takes the first free slot on its walk. `turns` must yield at least `size` ranks.
+/// Fills the table one turn at a time: each turn's member takes the first free slot on its walk.
 ///
 /// Two strategies give that same slot. While many slots are free, walk: test the slots one by one
 /// (an empty slot holds [`EMPTY`] until claimed). Once few are free a walk would take
@@ -284,123 +328,113 @@ impl Walker {
 /// multiplications per turn. The switch happens at about `sqrt(size)` free slots, where the two
 /// costs meet; before it the walks take about `size * ln(size / sqrt(size))` steps in all instead
 /// of `size * ln(size)`.
-fn fill(
-    size: u32,
-    walkers: &mut [Walker],
-    members: &[u16],
-    mut turns: impl Iterator<Item = usize>,
-) -> Vec<u16> {
+fn fill(size: u32, walkers: &mut [Walker], order: &Turns) -> Vec<u16> {
     let mut slots = vec![EMPTY; size as usize];
-    let claims = size - size.isqrt();
+    let scale = FixedPoint::new(size);
+    let claims = (size - size.isqrt()) as usize;
     // While a walk usually ends within a few slots, whether each slot is free is a coin toss
     // for the branch predictor, and a mispredicted branch costs more than testing a few more
     // slots. So test the walk's next `WIDTH` slots without branching and take the first free
     // one; branch (and walk on) only when none is: rare while the table is at most as full as
     // each phase's bound. Widths and bounds measured at 65537 slots.
     let mut done = 0;
-    let mut phase = |turns, percent_full: u64, walk: fn(&mut [u16], &mut [Walker], &[u16], _, u32) -> _| {
-        let upto = ((u64::from(size) * percent_full / 100) as u32).clamp(done, claims);
-        let turns = walk(&mut slots, walkers, members, turns, upto - done);
+    let mut phase = |percent_full: u64, walk: fn(&mut [u16], &mut [Walker], &Turns, FixedPoint, _)| {
+        let upto = ((u64::from(size) * percent_full / 100) as usize).clamp(done, claims);
+        walk(&mut slots, walkers, order, scale, done..upto);
         done = upto;
-        turns
     };
-    turns = phase(turns, 40, walk::<2, _>);
-    turns = phase(turns, 70, walk::<4, _>);
-    turns = phase(turns, 85, walk::<6, _>);
-    turns = phase(turns, 100, walk::<1, _>);
-    nearest_free(&mut slots, walkers, members, turns);
+    phase(40, walk::<2>);
+    phase(70, walk::<4>);
+    phase(85, walk::<6>);
+    phase(100, walk::<1>);
+    nearest_free(&mut slots, walkers, order, claims..size as usize);
     slots
 }
 
-/// The walking phase: `claims` turns, each first testing the next `WIDTH` slots of the walk
-/// without a branch (none if `WIDTH` is 1). Takes and returns `turns` by value so that its state
-/// stays in registers.
+/// The walking phase: `turns`, each first testing the next `WIDTH` slots of the walk without a
+/// branch (none if `WIDTH` is 1).
 #[inline(never)]
-fn walk<const WIDTH: usize, T: Iterator<Item = usize>>(
+fn walk<const WIDTH: usize>(
     slots: &mut [u16],
     walkers: &mut [Walker],
-    members: &[u16],
-    mut turns: T,
-    claims: u32,
-) -> T {
-    let size = slots.len() as u32;
-    for _ in 0..claims {
-        let rank = turns.next().unwrap_or_default();
-        let walker = &mut walkers[rank];
-        let mut position = walker.position;
-        if WIDTH > 1 {
-            let mut candidates = [0u32; WIDTH];
-            for candidate in &mut candidates {
-                *candidate = position;
-                position = add_mod(position, walker.skip, size);
-            }
-            // A bit per free candidate, combined arithmetically: with selects instead, the
-            // compiler turns them back into branches.
-            let mut free = 0u32;
-            for (bit, &candidate) in candidates.iter().enumerate() {
-                free |= u32::from(slots[candidate as usize] == EMPTY) << bit;
-            }
-            if free != 0 {
-                let slot = candidates[free.trailing_zeros() as usize];
-                walker.position = add_mod(slot, walker.skip, size);
-                slots[slot as usize] = members[rank];
-                continue;
-            }
+    order: &Turns,
+    scale: FixedPoint,
+    turns: std::ops::Range<usize>,
+) {
+    for_each_turn(order, walkers, turns, |walker| claim::<WIDTH>(slots, scale, walker));
+}
+
+/// One turn of [`walk`].
+#[inline(always)]
+fn claim<const WIDTH: usize>(slots: &mut [u16], scale: FixedPoint, walker: &mut Walker) {
+    let step = walker.step;
+    let mut at = walker.at;
+    if WIDTH > 1 {
+        // A bit per free candidate, combined arithmetically: with selects instead, the
+        // compiler turns them back into branches.
+        let mut free = 0u32;
+        let mut candidate = at;
+        for bit in 0..WIDTH {
+            free |= u32::from(slots[scale.slot(candidate)] == EMPTY) << bit;
+            candidate = candidate.wrapping_add(step);
         }
-        // Two slots per step, the second computed off the loop's dependency chain: long walks
-        // (late in the fill) are bound by the latency of stepping the position.
-        loop {
-            let first = position;
-            let second = add_mod(first, walker.skip, size);
-            position = add_mod(first, walker.double_skip, size);
-            if slots[first as usize] == EMPTY {
-                slots[first as usize] = members[rank];
-                walker.position = second;
-                break;
-            }
-            if slots[second as usize] == EMPTY {
-                slots[second as usize] = members[rank];
-                walker.position = position;
-                break;
-            }
+        if free != 0 {
+            let first = at.wrapping_add(u64::from(free.trailing_zeros()).wrapping_mul(step));
+            slots[scale.slot(first)] = walker.member;
+            walker.at = first.wrapping_add(step);
+            return;
         }
+        at = candidate;
     }
-    turns
+    // Two slots per step, the second computed off the loop's dependency chain: long walks
+    // (late in the fill) are bound by the latency of stepping the position.
+    let double_step = step.wrapping_mul(2);
+    loop {
+        let second = at.wrapping_add(step);
+        let first_slot = scale.slot(at);
+        if slots[first_slot] == EMPTY {
+            slots[first_slot] = walker.member;
+            walker.at = second;
+            return;
+        }
+        let second_slot = scale.slot(second);
+        if slots[second_slot] == EMPTY {
+            slots[second_slot] = walker.member;
+            walker.at = at.wrapping_add(double_step);
+            return;
+        }
+        at = at.wrapping_add(double_step);
+    }
 }
 
 /// The endgame: the remaining turns, one per free slot.
 #[inline(never)]
-fn nearest_free(
-    slots: &mut [u16],
-    walkers: &mut [Walker],
-    members: &[u16],
-    mut turns: impl Iterator<Item = usize>,
-) {
+fn nearest_free(slots: &mut [u16], walkers: &mut [Walker], order: &Turns, turns: std::ops::Range<usize>) {
     let size = slots.len() as u32;
+    let scale = FixedPoint::new(size);
     let mut free_slots = free_slots(slots);
-    // Per rank, `skip`'s inverse modulo the size; 0 until first needed.
-    let mut skip_inverses = vec![0u32; walkers.len()];
-    let modulus = Modulus::new(size);
-    while !free_slots.is_empty() {
-        let rank = turns.next().unwrap_or_default();
-        let walker = &mut walkers[rank];
-        let inverse = &mut skip_inverses[rank];
-        if *inverse == 0 {
-            *inverse = inverse_mod_prime(walker.skip, size);
+    debug_assert_eq!(free_slots.len(), turns.len());
+    for_each_turn(order, walkers, turns, |walker| {
+        let skip = scale.slot(walker.step) as u32;
+        if walker.inverse == 0 {
+            walker.inverse = inverse_mod_prime(skip, size);
         }
-        let inverse = u64::from(*inverse);
-        let base = u64::from(size - walker.position);
-        // Steps in the high half, index in the low: one comparison finds the nearest. Distinct
-        // slots are distinct steps away, so there are no ties.
+        let base = u64::from(size) - scale.slot(walker.at) as u64;
+        // A free slot is `(slot + base) * inverse mod size` steps away; in fixed point that is
+        // one wrapping multiplication by `scale * inverse`, exact by `FixedPoint`'s bound as the
+        // product is below 2 size^2. Distinct steps are at least 2^64 / size > 2^43 apart there
+        // and the error is below 2^42, so with the index in the low 32 bits one comparison finds
+        // the nearest (there are no ties).
+        let factor = scale.scale.wrapping_mul(u64::from(walker.inverse));
         let mut nearest = u64::MAX;
         for (index, &slot) in free_slots.iter().enumerate() {
-            let steps = modulus.reduce((u64::from(slot) + base) * inverse);
-            nearest = nearest.min(steps << 32 | index as u64);
+            let steps = (u64::from(slot) + base).wrapping_mul(factor);
+            nearest = nearest.min(steps & !0xffff_ffff | index as u64);
         }
         let slot = free_slots.swap_remove((nearest & 0xffff_ffff) as usize);
-        walker.position = add_mod(slot, walker.skip, size);
-        slots[slot as usize] = members[rank];
-    }
+        walker.at = scale.of(slot).wrapping_add(walker.step);
+        slots[slot as usize] = walker.member;
+    });
 }
 
 /// The indices of the empty slots, in increasing order.
@@ -415,42 +449,6 @@ fn free_slots(slots: &[u16]) -> Vec<u32> {
         }
     }
     free
-}
-
-/// `(a + b) mod m` for `a, b < m < 2^31`, with one add on the dependency chain of `a`.
-#[inline(always)]
-fn add_mod(a: u32, b: u32, m: u32) -> u32 {
-    let wrapped = a.wrapping_add(b.wrapping_sub(m));
-    if (wrapped as i32) < 0 {
-        a + b
-    } else {
-        wrapped
-    }
-}
-
-/// Reduction modulo a fixed `m < 2^21` of numbers below `2^43` without a division (Barrett).
-struct Modulus {
-    m: u64,
-    /// floor(2^64 / m), as `u64::MAX / m` (equal since m is not a power of two).
-    reciprocal: u64,
-}
-
-impl Modulus {
-    fn new(m: u32) -> Modulus {
-        Modulus { m: u64::from(m), reciprocal: u64::MAX / u64::from(m) }
-    }
-
-    #[inline]
-    fn reduce(&self, x: u64) -> u64 {
-        // The estimate is floor(x / m) or one less, for x < 2^43 and m < 2^21.
-        let quotient = ((u128::from(x) * u128::from(self.reciprocal)) >> 64) as u64;
-        let r = x - quotient * self.m;
-        if r >= self.m {
-            r - self.m
-        } else {
-            r
-        }
-    }
 }
 
 /// `a^-1 mod p` for prime `p < 2^31` and `0 < a < p`, by the extended Euclidean algorithm (in
@@ -822,6 +820,38 @@ mod tests {
         }
         let table = MaglevTable::build(&members, DEFAULT_TABLE_SIZE).unwrap();
         assert_eq!(table.slots(), &reference_build(&members, DEFAULT_TABLE_SIZE)[..]);
+    }
+
+    /// The largest size, where `FixedPoint`'s margin is smallest, against the reference build.
+    #[test]
+    fn same_slots_as_reference_build_at_largest_size() {
+        let mut members = equal_members(20);
+        let table = MaglevTable::build(&members, MAX_TABLE_SIZE).unwrap();
+        assert_eq!(table.slots(), &reference_build(&members, MAX_TABLE_SIZE)[..]);
+        for (i, m) in members.iter_mut().enumerate() {
+            m.weight = [3, 1, 0, 8][i % 4];
+        }
+        let table = MaglevTable::build(&members, MAX_TABLE_SIZE).unwrap();
+        assert_eq!(table.slots(), &reference_build(&members, MAX_TABLE_SIZE)[..]);
+    }
+
+    /// A whole walk (every slot once) in fixed point reads back the slots modular arithmetic gives.
+    #[test]
+    fn fixed_point_walks_are_exact() {
+        for size in [MIN_TABLE_SIZE, 4099, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE] {
+            let scale = FixedPoint::new(size);
+            for (offset, skip) in [(0, 1), (size - 1, size - 1), (size / 2, size / 3), (1, size - 2)] {
+                let step = scale.of(skip);
+                let mut at = scale.of(offset);
+                let mut slot = u64::from(offset);
+                for _ in 0..size {
+                    assert_eq!(scale.slot(at) as u64, slot, "size {size} offset {offset} skip {skip}");
+                    at = at.wrapping_add(step);
+                    slot = (slot + u64::from(skip)) % u64::from(size);
+                }
+                assert_eq!(scale.slot(step), skip as usize);
+            }
+        }
     }
 
     #[test]

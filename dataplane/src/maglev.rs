@@ -292,31 +292,40 @@ impl Walker {
     }
 }
 
-/// Calls `claim` with the walker of each turn in `turns` (turn numbers, from 0), in order.
+/// What a turn does with its member's walker.
+trait Turn {
+    fn take(&mut self, walker: &mut Walker);
+}
+
+/// Takes a turn with the walker of each turn in `turns` (turn numbers, from 0), in order.
 #[inline(always)]
-fn for_each_turn(
-    order: &Turns,
-    walkers: &mut [Walker],
-    turns: std::ops::Range<usize>,
-    mut claim: impl FnMut(&mut Walker),
-) {
+fn for_each_turn(order: &Turns, walkers: &mut [Walker], turns: std::ops::Range<usize>, turn: &mut impl Turn) {
     match order {
         Turns::RoundRobin => {
             // Whole stretches of consecutive ranks: a plain pass over the walkers.
-            let mut turn = turns.start;
-            while turn < turns.end {
-                let rank = turn % walkers.len();
-                let stretch = (walkers.len() - rank).min(turns.end - turn);
-                walkers[rank..rank + stretch].iter_mut().for_each(&mut claim);
-                turn += stretch;
+            let mut next = turns.start;
+            while next < turns.end {
+                let rank = next % walkers.len();
+                let stretch = (walkers.len() - rank).min(turns.end - next);
+                for walker in &mut walkers[rank..rank + stretch] {
+                    turn.take(walker);
+                }
+                next += stretch;
             }
         }
         Turns::Listed(ranks) => {
             for &rank in &ranks[turns] {
-                claim(&mut walkers[usize::from(rank)]);
+                turn.take(&mut walkers[usize::from(rank)]);
             }
         }
     }
+}
+
+/// A walking phase's turn: test the next `WIDTH` slots of the walk without a branch (none if
+/// `WIDTH` is 1), then walk on if none was free.
+struct Walk<'a, const WIDTH: usize> {
+    slots: &'a mut [u16],
+    scale: FixedPoint,
 }
 
 /// Fills the table one turn at a time: each turn's member takes the first free slot on its walk.
@@ -351,8 +360,7 @@ fn fill(size: u32, walkers: &mut [Walker], order: &Turns) -> Vec<u16> {
     slots
 }
 
-/// The walking phase: `turns`, each first testing the next `WIDTH` slots of the walk without a
-/// branch (none if `WIDTH` is 1).
+/// The walking phase: `turns` turns of [`Walk`].
 #[inline(never)]
 fn walk<const WIDTH: usize>(
     slots: &mut [u16],
@@ -361,60 +369,73 @@ fn walk<const WIDTH: usize>(
     scale: FixedPoint,
     turns: std::ops::Range<usize>,
 ) {
-    for_each_turn(order, walkers, turns, |walker| claim::<WIDTH>(slots, scale, walker));
+    for_each_turn(order, walkers, turns, &mut Walk::<WIDTH> { slots, scale });
 }
 
-/// One turn of [`walk`].
-#[inline(always)]
-fn claim<const WIDTH: usize>(slots: &mut [u16], scale: FixedPoint, walker: &mut Walker) {
-    let step = walker.step;
-    let mut at = walker.at;
-    if WIDTH > 1 {
-        // A bit per free candidate, combined arithmetically: with selects instead, the
-        // compiler turns them back into branches.
-        let mut free = 0u32;
-        let mut candidate = at;
-        for bit in 0..WIDTH {
-            free |= u32::from(slots[scale.slot(candidate)] == EMPTY) << bit;
-            candidate = candidate.wrapping_add(step);
+impl<const WIDTH: usize> Turn for Walk<'_, WIDTH> {
+    #[inline(always)]
+    fn take(&mut self, walker: &mut Walker) {
+        let (slots, scale) = (&mut *self.slots, self.scale);
+        let step = walker.step;
+        let mut at = walker.at;
+        if WIDTH > 1 {
+            // A bit per free candidate, combined arithmetically: with selects instead, the
+            // compiler turns them back into branches.
+            let mut free = 0u32;
+            let mut candidate = at;
+            for bit in 0..WIDTH {
+                free |= u32::from(slots[scale.slot(candidate)] == EMPTY) << bit;
+                candidate = candidate.wrapping_add(step);
+            }
+            if free != 0 {
+                let first = at.wrapping_add(u64::from(free.trailing_zeros()).wrapping_mul(step));
+                slots[scale.slot(first)] = walker.member;
+                walker.at = first.wrapping_add(step);
+                return;
+            }
+            at = candidate;
         }
-        if free != 0 {
-            let first = at.wrapping_add(u64::from(free.trailing_zeros()).wrapping_mul(step));
-            slots[scale.slot(first)] = walker.member;
-            walker.at = first.wrapping_add(step);
-            return;
+        // Two slots per step, the second computed off the loop's dependency chain: long walks
+        // (late in the fill) are bound by the latency of stepping the position.
+        let double_step = step.wrapping_mul(2);
+        loop {
+            let second = at.wrapping_add(step);
+            let first_slot = scale.slot(at);
+            if slots[first_slot] == EMPTY {
+                slots[first_slot] = walker.member;
+                walker.at = second;
+                return;
+            }
+            let second_slot = scale.slot(second);
+            if slots[second_slot] == EMPTY {
+                slots[second_slot] = walker.member;
+                walker.at = at.wrapping_add(double_step);
+                return;
+            }
+            at = at.wrapping_add(double_step);
         }
-        at = candidate;
-    }
-    // Two slots per step, the second computed off the loop's dependency chain: long walks
-    // (late in the fill) are bound by the latency of stepping the position.
-    let double_step = step.wrapping_mul(2);
-    loop {
-        let second = at.wrapping_add(step);
-        let first_slot = scale.slot(at);
-        if slots[first_slot] == EMPTY {
-            slots[first_slot] = walker.member;
-            walker.at = second;
-            return;
-        }
-        let second_slot = scale.slot(second);
-        if slots[second_slot] == EMPTY {
-            slots[second_slot] = walker.member;
-            walker.at = at.wrapping_add(double_step);
-            return;
-        }
-        at = at.wrapping_add(double_step);
     }
 }
 
 /// The endgame: the remaining turns, one per free slot.
 #[inline(never)]
 fn nearest_free(slots: &mut [u16], walkers: &mut [Walker], order: &Turns, turns: std::ops::Range<usize>) {
-    let size = slots.len() as u32;
-    let scale = FixedPoint::new(size);
-    let mut free_slots = free_slots(slots);
-    debug_assert_eq!(free_slots.len(), turns.len());
-    for_each_turn(order, walkers, turns, |walker| {
+    let scale = FixedPoint::new(slots.len() as u32);
+    let free = free_slots(slots);
+    debug_assert_eq!(free.len(), turns.len());
+    for_each_turn(order, walkers, turns, &mut Nearest { slots, scale, free });
+}
+
+/// An endgame turn: take the free slot nearest on the walk.
+struct Nearest<'a> {
+    slots: &'a mut [u16],
+    scale: FixedPoint,
+    free: Vec<u32>,
+}
+
+impl Turn for Nearest<'_> {
+    fn take(&mut self, walker: &mut Walker) {
+        let (scale, size) = (self.scale, self.slots.len() as u32);
         let skip = scale.slot(walker.step) as u32;
         if walker.inverse == 0 {
             walker.inverse = inverse_mod_prime(skip, size);
@@ -427,14 +448,14 @@ fn nearest_free(slots: &mut [u16], walkers: &mut [Walker], order: &Turns, turns:
         // the nearest (there are no ties).
         let factor = scale.scale.wrapping_mul(u64::from(walker.inverse));
         let mut nearest = u64::MAX;
-        for (index, &slot) in free_slots.iter().enumerate() {
+        for (index, &slot) in self.free.iter().enumerate() {
             let steps = (u64::from(slot) + base).wrapping_mul(factor);
             nearest = nearest.min(steps & !0xffff_ffff | index as u64);
         }
-        let slot = free_slots.swap_remove((nearest & 0xffff_ffff) as usize);
+        let slot = self.free.swap_remove((nearest & 0xffff_ffff) as usize);
         walker.at = scale.of(slot).wrapping_add(walker.step);
-        slots[slot as usize] = walker.member;
-    });
+        self.slots[slot as usize] = walker.member;
+    }
 }
 
 /// The indices of the empty slots, in increasing order.

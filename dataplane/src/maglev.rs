@@ -151,25 +151,30 @@ fn digest(slots: &[u16], members: &[MaglevMember], size: u32) -> u64 {
     const BLOCK_SLOTS: usize = 512;
     let mut h = Xxh3::with_seed(0);
     h.update(&size.to_be_bytes());
-    // The same bytes as one `update` per slot, fed in blocks: far fewer calls.
-    let keys: Vec<[u8; KEY]> = members.iter().map(|m| m.key.0).collect();
-    let mut block = [[0u8; KEY]; BLOCK_SLOTS];
+    // The same bytes as one `update` per slot, fed in blocks: far fewer calls. Each key is copied
+    // as a 16-byte and a 2-byte piece from separate arrays: measured faster than whole keys.
+    let heads: Vec<[u8; 16]> = members.iter().map(|m| key_head(&m.key)).collect();
+    let tails: Vec<[u8; 2]> = members.iter().map(|m| [m.key.0[16], m.key.0[17]]).collect();
+    let mut block = [0u8; BLOCK_SLOTS * KEY];
     for chunk in slots.chunks(BLOCK_SLOTS) {
-        for (out, &s) in block.iter_mut().zip(chunk) {
-            *out = keys[usize::from(s)];
+        for (out, &s) in block.chunks_exact_mut(KEY).zip(chunk) {
+            let (head, tail) = out.split_at_mut(16);
+            head.copy_from_slice(&heads[usize::from(s)]);
+            tail.copy_from_slice(&tails[usize::from(s)]);
         }
-        h.update(block[..chunk.len()].as_flattened());
+        h.update(&block[..chunk.len() * KEY]);
     }
     h.digest()
 }
 
+fn key_head(key: &BackendKey) -> [u8; 16] {
+    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, _, _] = key.0;
+    [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15]
+}
+
 /// Sorts like the key's bytes, with two integer comparisons instead of a `memcmp`.
 fn key_order(key: &BackendKey) -> (u128, u16) {
-    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, p0, p1] = key.0;
-    (
-        u128::from_be_bytes([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15]),
-        u16::from_be_bytes([p0, p1]),
-    )
+    (u128::from_be_bytes(key_head(key)), u16::from_be_bytes([key.0[16], key.0[17]]))
 }
 
 /// The order in which members (by canonical rank) take their turns, `size` turns in all.

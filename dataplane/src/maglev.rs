@@ -73,7 +73,7 @@ pub struct MaglevTable {
 }
 
 impl MaglevTable {
-    /// Builds the table. Allocates the table and scratch space of a few bytes per member (plus the
+    /// Builds the table. Allocates the table and scratch space of about 40 bytes per member (plus the
     /// turn order, two bytes per slot, when weights differ).
     pub fn build(members: &[MaglevMember], size: u32) -> Result<MaglevTable, MaglevError> {
         if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&size) || !is_prime(size) {

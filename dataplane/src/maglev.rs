@@ -73,7 +73,7 @@ pub struct MaglevTable {
 }
 
 impl MaglevTable {
-    /// Builds the table. Allocates the table and scratch space of a few bytes per member (plus the
+    /// Builds the table. Allocates the table and scratch space of about 40 bytes per member (plus the
     /// turn order, two bytes per slot, when weights differ).
     pub fn build(members: &[MaglevMember], size: u32) -> Result<MaglevTable, MaglevError> {
         if !(MIN_TABLE_SIZE..=MAX_TABLE_SIZE).contains(&size) || !is_prime(size) {
@@ -95,25 +95,12 @@ impl MaglevTable {
             return Ok(MaglevTable { slots: Box::new([]), size, members: members.len(), fingerprint: 0 });
         }
 
+        let scale = FixedPoint::new(size);
         let mut walkers: Vec<Walker> =
-            canonical.iter().map(|&i| Walker::new(&members[usize::from(i)].key, size)).collect();
+            canonical.iter().map(|&i| Walker::new(&members[usize::from(i)].key, i, size, scale)).collect();
         let weights: Vec<u64> =
             canonical.iter().map(|&i| u64::from(members[usize::from(i)].weight)).collect();
-        let slots = match Turns::new(&weights, size) {
-            Turns::RoundRobin => {
-                let ranks = canonical.len();
-                let mut next = 0;
-                let round_robin = std::iter::repeat_with(|| {
-                    let rank = next;
-                    next = if next + 1 == ranks { 0 } else { next + 1 };
-                    rank
-                });
-                fill(size, &mut walkers, &canonical, round_robin)
-            }
-            Turns::Listed(turns) => {
-                fill(size, &mut walkers, &canonical, turns.iter().map(|&t| usize::from(t)))
-            }
-        };
+        let slots = fill(size, &mut walkers, &Turns::new(&weights, size));
         let slots = slots.into_boxed_slice();
         let fingerprint = digest(&slots, members, size);
         Ok(MaglevTable { slots, size, members: members.len(), fingerprint })
@@ -164,25 +151,30 @@ fn digest(slots: &[u16], members: &[MaglevMember], size: u32) -> u64 {
     const BLOCK_SLOTS: usize = 512;
     let mut h = Xxh3::with_seed(0);
     h.update(&size.to_be_bytes());
-    // The same bytes as one `update` per slot, fed in blocks: far fewer calls.
-    let keys: Vec<[u8; KEY]> = members.iter().map(|m| m.key.0).collect();
-    let mut block = [[0u8; KEY]; BLOCK_SLOTS];
+    // The same bytes as one `update` per slot, fed in blocks: far fewer calls. Each key is copied
+    // as a 16-byte and a 2-byte piece from separate arrays: measured faster than whole keys.
+    let heads: Vec<[u8; 16]> = members.iter().map(|m| key_head(&m.key)).collect();
+    let tails: Vec<[u8; 2]> = members.iter().map(|m| [m.key.0[16], m.key.0[17]]).collect();
+    let mut block = [0u8; BLOCK_SLOTS * KEY];
     for chunk in slots.chunks(BLOCK_SLOTS) {
-        for (out, &s) in block.iter_mut().zip(chunk) {
-            *out = keys[usize::from(s)];
+        for (out, &s) in block.chunks_exact_mut(KEY).zip(chunk) {
+            let (head, tail) = out.split_at_mut(16);
+            head.copy_from_slice(&heads[usize::from(s)]);
+            tail.copy_from_slice(&tails[usize::from(s)]);
         }
-        h.update(block[..chunk.len()].as_flattened());
+        h.update(&block[..chunk.len() * KEY]);
     }
     h.digest()
 }
 
+fn key_head(key: &BackendKey) -> [u8; 16] {
+    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, _, _] = key.0;
+    [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15]
+}
+
 /// Sorts like the key's bytes, with two integer comparisons instead of a `memcmp`.
 fn key_order(key: &BackendKey) -> (u128, u16) {
-    let [a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15, p0, p1] = key.0;
-    (
-        u128::from_be_bytes([a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14, a15]),
-        u16::from_be_bytes([p0, p1]),
-    )
+    (u128::from_be_bytes(key_head(key)), u16::from_be_bytes([key.0[16], key.0[17]]))
 }
 
 /// The order in which members (by canonical rank) take their turns, `size` turns in all.
@@ -253,29 +245,95 @@ fn for_each_turn_round(weight: u64, max_weight: u64, rounds: usize, mut f: impl 
     }
 }
 
+/// Slot positions in fixed point, so that stepping along a walk is one wrapping add with no
+/// reduction modulo the size: slot `n mod size` is represented by `n * ceil(2^64 / size)` (mod
+/// 2^64) and read back as the high half of that times `size`.
+///
+/// Exact as long as `n < 2^64 / size`: with `ceil(2^64 / size) = 2^64 / size + d` (`0 < d < 1`, as
+/// `size` is an odd prime), `n * scale mod 2^64 = (n mod size) * 2^64 / size + n * d`, and the
+/// high half of that times `size` is `n mod size` while `n * d * size < 2^64`. A walk's `n` is
+/// `offset + j * skip` with `j` at most `size` (no walk passes a slot twice), below
+/// `size^2 + size`, and sizes are below 2^21, so `n * size < 2^63`.
+#[derive(Clone, Copy)]
+struct FixedPoint {
+    scale: u64,
+    size: u64,
+}
+
+impl FixedPoint {
+    fn new(size: u32) -> FixedPoint {
+        FixedPoint { scale: u64::MAX / u64::from(size) + 1, size: u64::from(size) }
+    }
+
+    #[inline(always)]
+    fn of(self, slot: u32) -> u64 {
+        u64::from(slot) * self.scale
+    }
+
+    #[inline(always)]
+    fn slot(self, at: u64) -> usize {
+        ((u128::from(at) * u128::from(self.size)) >> 64) as usize
+    }
+}
+
 /// One member's walk through its permutation of the slots.
 #[derive(Clone, Copy)]
 struct Walker {
-    /// The next slot it will try.
-    position: u32,
-    skip: u32,
-    /// `2 * skip mod size`.
-    double_skip: u32,
+    /// The next slot it will try, in [`FixedPoint`].
+    at: u64,
+    /// `skip` in [`FixedPoint`]: a wrapping add steps the walk.
+    step: u64,
+    /// What its slots hold: its index among the members given to `build`.
+    member: u16,
+    /// `skip`'s inverse modulo the size, for the endgame; 0 until first needed.
+    inverse: u32,
 }
 
 impl Walker {
-    fn new(key: &BackendKey, size: u32) -> Walker {
+    fn new(key: &BackendKey, member: u16, size: u32, scale: FixedPoint) -> Walker {
         let skip = (xxh3_64_with_seed(&key.0, MAGLEV_SKIP_SEED) % u64::from(size - 1)) as u32 + 1;
-        Walker {
-            position: (xxh3_64_with_seed(&key.0, MAGLEV_OFFSET_SEED) % u64::from(size)) as u32,
-            skip,
-            double_skip: add_mod(skip, skip, size),
+        let offset = (xxh3_64_with_seed(&key.0, MAGLEV_OFFSET_SEED) % u64::from(size)) as u32;
+        Walker { at: scale.of(offset), step: scale.of(skip), member, inverse: 0 }
+    }
+}
+
+/// What a turn does with its member's walker.
+trait Turn {
+    fn take(&mut self, walker: &mut Walker);
+}
+
+/// Takes a turn with the walker of each turn in `turns` (turn numbers, from 0), in order.
+#[inline(always)]
+fn for_each_turn(order: &Turns, walkers: &mut [Walker], turns: std::ops::Range<usize>, turn: &mut impl Turn) {
+    match order {
+        Turns::RoundRobin => {
+            // Whole stretches of consecutive ranks: a plain pass over the walkers.
+            let mut next = turns.start;
+            while next < turns.end {
+                let rank = next % walkers.len();
+                let stretch = (walkers.len() - rank).min(turns.end - next);
+                for walker in &mut walkers[rank..rank + stretch] {
+                    turn.take(walker);
+                }
+                next += stretch;
+            }
+        }
+        Turns::Listed(ranks) => {
+            for &rank in &ranks[turns] {
+                turn.take(&mut walkers[usize::from(rank)]);
+            }
         }
     }
 }
 
-/// Fills the table one turn at a time: each turn's member (by rank; `members[rank]` is what its
-/// slots hold) takes the first free slot on its walk. `turns` must yield at least `size` ranks.
+/// A walking phase's turn: test the next `WIDTH` slots of the walk without a branch (none if
+/// `WIDTH` is 1), then walk on if none was free.
+struct Walk<'a, const WIDTH: usize> {
+    slots: &'a mut [u16],
+    scale: FixedPoint,
+}
+
+/// Fills the table one turn at a time: each turn's member takes the first free slot on its walk.
 ///
 /// Two strategies give that same slot. While many slots are free, walk: test the slots one by one
 /// (an empty slot holds [`EMPTY`] until claimed). Once few are free a walk would take
@@ -284,122 +342,126 @@ impl Walker {
 /// multiplications per turn. The switch happens at about `sqrt(size)` free slots, where the two
 /// costs meet; before it the walks take about `size * ln(size / sqrt(size))` steps in all instead
 /// of `size * ln(size)`.
-fn fill(
-    size: u32,
-    walkers: &mut [Walker],
-    members: &[u16],
-    mut turns: impl Iterator<Item = usize>,
-) -> Vec<u16> {
+fn fill(size: u32, walkers: &mut [Walker], order: &Turns) -> Vec<u16> {
     let mut slots = vec![EMPTY; size as usize];
-    let claims = size - size.isqrt();
+    let scale = FixedPoint::new(size);
+    let claims = (size - size.isqrt()) as usize;
     // While a walk usually ends within a few slots, whether each slot is free is a coin toss
     // for the branch predictor, and a mispredicted branch costs more than testing a few more
     // slots. So test the walk's next `WIDTH` slots without branching and take the first free
     // one; branch (and walk on) only when none is: rare while the table is at most as full as
-    // each phase's bound. Widths and bounds measured at 65537 slots.
+    // each phase's bound. Up to 20% full the first slot is free often enough that one branch
+    // per slot is cheaper. Widths and bounds measured at 65537 slots.
     let mut done = 0;
-    let mut phase = |turns, percent_full: u64, walk: fn(&mut [u16], &mut [Walker], &[u16], _, u32) -> _| {
-        let upto = ((u64::from(size) * percent_full / 100) as u32).clamp(done, claims);
-        let turns = walk(&mut slots, walkers, members, turns, upto - done);
+    let mut phase = |percent_full: u64, walk: fn(&mut [u16], &mut [Walker], &Turns, FixedPoint, _)| {
+        let upto = ((u64::from(size) * percent_full / 100) as usize).clamp(done, claims);
+        walk(&mut slots, walkers, order, scale, done..upto);
         done = upto;
-        turns
     };
-    turns = phase(turns, 40, walk::<2, _>);
-    turns = phase(turns, 70, walk::<4, _>);
-    turns = phase(turns, 85, walk::<6, _>);
-    turns = phase(turns, 100, walk::<1, _>);
-    nearest_free(&mut slots, walkers, members, turns);
+    phase(20, walk::<1>);
+    phase(40, walk::<2>);
+    phase(70, walk::<4>);
+    phase(85, walk::<6>);
+    phase(100, walk::<1>);
+    nearest_free(&mut slots, walkers, order, claims..size as usize);
     slots
 }
 
-/// The walking phase: `claims` turns, each first testing the next `WIDTH` slots of the walk
-/// without a branch (none if `WIDTH` is 1). Takes and returns `turns` by value so that its state
-/// stays in registers.
+/// The walking phase: `turns` turns of [`Walk`].
 #[inline(never)]
-fn walk<const WIDTH: usize, T: Iterator<Item = usize>>(
+fn walk<const WIDTH: usize>(
     slots: &mut [u16],
     walkers: &mut [Walker],
-    members: &[u16],
-    mut turns: T,
-    claims: u32,
-) -> T {
-    let size = slots.len() as u32;
-    for _ in 0..claims {
-        let rank = turns.next().unwrap_or_default();
-        let walker = &mut walkers[rank];
-        let mut position = walker.position;
+    order: &Turns,
+    scale: FixedPoint,
+    turns: std::ops::Range<usize>,
+) {
+    for_each_turn(order, walkers, turns, &mut Walk::<WIDTH> { slots, scale });
+}
+
+impl<const WIDTH: usize> Turn for Walk<'_, WIDTH> {
+    #[inline(always)]
+    fn take(&mut self, walker: &mut Walker) {
+        let (slots, scale) = (&mut *self.slots, self.scale);
+        let step = walker.step;
+        let mut at = walker.at;
         if WIDTH > 1 {
-            let mut candidates = [0u32; WIDTH];
-            for candidate in &mut candidates {
-                *candidate = position;
-                position = add_mod(position, walker.skip, size);
-            }
             // A bit per free candidate, combined arithmetically: with selects instead, the
             // compiler turns them back into branches.
             let mut free = 0u32;
-            for (bit, &candidate) in candidates.iter().enumerate() {
-                free |= u32::from(slots[candidate as usize] == EMPTY) << bit;
+            let mut candidate = at;
+            for bit in 0..WIDTH {
+                free |= u32::from(slots[scale.slot(candidate)] == EMPTY) << bit;
+                candidate = candidate.wrapping_add(step);
             }
             if free != 0 {
-                let slot = candidates[free.trailing_zeros() as usize];
-                walker.position = add_mod(slot, walker.skip, size);
-                slots[slot as usize] = members[rank];
-                continue;
+                let first = at.wrapping_add(u64::from(free.trailing_zeros()).wrapping_mul(step));
+                slots[scale.slot(first)] = walker.member;
+                walker.at = first.wrapping_add(step);
+                return;
             }
+            at = candidate;
         }
         // Two slots per step, the second computed off the loop's dependency chain: long walks
         // (late in the fill) are bound by the latency of stepping the position.
+        let double_step = step.wrapping_mul(2);
         loop {
-            let first = position;
-            let second = add_mod(first, walker.skip, size);
-            position = add_mod(first, walker.double_skip, size);
-            if slots[first as usize] == EMPTY {
-                slots[first as usize] = members[rank];
-                walker.position = second;
-                break;
+            let second = at.wrapping_add(step);
+            let first_slot = scale.slot(at);
+            if slots[first_slot] == EMPTY {
+                slots[first_slot] = walker.member;
+                walker.at = second;
+                return;
             }
-            if slots[second as usize] == EMPTY {
-                slots[second as usize] = members[rank];
-                walker.position = position;
-                break;
+            let second_slot = scale.slot(second);
+            if slots[second_slot] == EMPTY {
+                slots[second_slot] = walker.member;
+                walker.at = at.wrapping_add(double_step);
+                return;
             }
+            at = at.wrapping_add(double_step);
         }
     }
-    turns
 }
 
 /// The endgame: the remaining turns, one per free slot.
 #[inline(never)]
-fn nearest_free(
-    slots: &mut [u16],
-    walkers: &mut [Walker],
-    members: &[u16],
-    mut turns: impl Iterator<Item = usize>,
-) {
-    let size = slots.len() as u32;
-    let mut free_slots = free_slots(slots);
-    // Per rank, `skip`'s inverse modulo the size; 0 until first needed.
-    let mut skip_inverses = vec![0u32; walkers.len()];
-    let modulus = Modulus::new(size);
-    while !free_slots.is_empty() {
-        let rank = turns.next().unwrap_or_default();
-        let walker = &mut walkers[rank];
-        let inverse = &mut skip_inverses[rank];
-        if *inverse == 0 {
-            *inverse = inverse_mod_prime(walker.skip, size);
+fn nearest_free(slots: &mut [u16], walkers: &mut [Walker], order: &Turns, turns: std::ops::Range<usize>) {
+    let scale = FixedPoint::new(slots.len() as u32);
+    let free = free_slots(slots);
+    debug_assert_eq!(free.len(), turns.len());
+    for_each_turn(order, walkers, turns, &mut Nearest { slots, scale, free });
+}
+
+/// An endgame turn: take the free slot nearest on the walk.
+struct Nearest<'a> {
+    slots: &'a mut [u16],
+    scale: FixedPoint,
+    free: Vec<u32>,
+}
+
+impl Turn for Nearest<'_> {
+    fn take(&mut self, walker: &mut Walker) {
+        let (scale, size) = (self.scale, self.slots.len() as u32);
+        let skip = scale.slot(walker.step) as u32;
+        if walker.inverse == 0 {
+            walker.inverse = inverse_mod_prime(skip, size);
         }
-        let inverse = u64::from(*inverse);
-        let base = u64::from(size - walker.position);
-        // Steps in the high half, index in the low: one comparison finds the nearest. Distinct
-        // slots are distinct steps away, so there are no ties.
+        let base = u64::from(size) - scale.slot(walker.at) as u64;
+        // A free slot is `(slot + base) * inverse mod size` steps away; in fixed point that is
+        // one wrapping multiplication by `scale * inverse`, exact by `FixedPoint`'s bound as the
+        // product is below 2 size^2. Distinct steps are at least 2^64 / size > 2^43 apart there
+        // and the error is below 2^42, so with the index in the low 32 bits one comparison finds
+        // the nearest (there are no ties).
+        let factor = scale.scale.wrapping_mul(u64::from(walker.inverse));
         let mut nearest = u64::MAX;
-        for (index, &slot) in free_slots.iter().enumerate() {
-            let steps = modulus.reduce((u64::from(slot) + base) * inverse);
-            nearest = nearest.min(steps << 32 | index as u64);
+        for (index, &slot) in self.free.iter().enumerate() {
+            let steps = (u64::from(slot) + base).wrapping_mul(factor);
+            nearest = nearest.min(steps & !0xffff_ffff | index as u64);
         }
-        let slot = free_slots.swap_remove((nearest & 0xffff_ffff) as usize);
-        walker.position = add_mod(slot, walker.skip, size);
-        slots[slot as usize] = members[rank];
+        let slot = self.free.swap_remove((nearest & 0xffff_ffff) as usize);
+        walker.at = scale.of(slot).wrapping_add(walker.step);
+        self.slots[slot as usize] = walker.member;
     }
 }
 
@@ -415,42 +477,6 @@ fn free_slots(slots: &[u16]) -> Vec<u32> {
         }
     }
     free
-}
-
-/// `(a + b) mod m` for `a, b < m < 2^31`, with one add on the dependency chain of `a`.
-#[inline(always)]
-fn add_mod(a: u32, b: u32, m: u32) -> u32 {
-    let wrapped = a.wrapping_add(b.wrapping_sub(m));
-    if (wrapped as i32) < 0 {
-        a + b
-    } else {
-        wrapped
-    }
-}
-
-/// Reduction modulo a fixed `m < 2^21` of numbers below `2^43` without a division (Barrett).
-struct Modulus {
-    m: u64,
-    /// floor(2^64 / m), as `u64::MAX / m` (equal since m is not a power of two).
-    reciprocal: u64,
-}
-
-impl Modulus {
-    fn new(m: u32) -> Modulus {
-        Modulus { m: u64::from(m), reciprocal: u64::MAX / u64::from(m) }
-    }
-
-    #[inline]
-    fn reduce(&self, x: u64) -> u64 {
-        // The estimate is floor(x / m) or one less, for x < 2^43 and m < 2^21.
-        let quotient = ((u128::from(x) * u128::from(self.reciprocal)) >> 64) as u64;
-        let r = x - quotient * self.m;
-        if r >= self.m {
-            r - self.m
-        } else {
-            r
-        }
-    }
 }
 
 /// `a^-1 mod p` for prime `p < 2^31` and `0 < a < p`, by the extended Euclidean algorithm (in
@@ -822,6 +848,38 @@ mod tests {
         }
         let table = MaglevTable::build(&members, DEFAULT_TABLE_SIZE).unwrap();
         assert_eq!(table.slots(), &reference_build(&members, DEFAULT_TABLE_SIZE)[..]);
+    }
+
+    /// The largest size, where `FixedPoint`'s margin is smallest, against the reference build.
+    #[test]
+    fn same_slots_as_reference_build_at_largest_size() {
+        let mut members = equal_members(20);
+        let table = MaglevTable::build(&members, MAX_TABLE_SIZE).unwrap();
+        assert_eq!(table.slots(), &reference_build(&members, MAX_TABLE_SIZE)[..]);
+        for (i, m) in members.iter_mut().enumerate() {
+            m.weight = [3, 1, 0, 8][i % 4];
+        }
+        let table = MaglevTable::build(&members, MAX_TABLE_SIZE).unwrap();
+        assert_eq!(table.slots(), &reference_build(&members, MAX_TABLE_SIZE)[..]);
+    }
+
+    /// A whole walk (every slot once) in fixed point reads back the slots modular arithmetic gives.
+    #[test]
+    fn fixed_point_walks_are_exact() {
+        for size in [MIN_TABLE_SIZE, 4099, DEFAULT_TABLE_SIZE, MAX_TABLE_SIZE] {
+            let scale = FixedPoint::new(size);
+            for (offset, skip) in [(0, 1), (size - 1, size - 1), (size / 2, size / 3), (1, size - 2)] {
+                let step = scale.of(skip);
+                let mut at = scale.of(offset);
+                let mut slot = u64::from(offset);
+                for _ in 0..size {
+                    assert_eq!(scale.slot(at) as u64, slot, "size {size} offset {offset} skip {skip}");
+                    at = at.wrapping_add(step);
+                    slot = (slot + u64::from(skip)) % u64::from(size);
+                }
+                assert_eq!(scale.slot(step), skip as usize);
+            }
+        }
     }
 
     #[test]

@@ -356,12 +356,18 @@ pub(crate) fn write_ipv4_header(
         + (src_word & 0xffff)
         + (dst_word >> 16)
         + (dst_word & 0xffff);
-    let [len_high, len_low] = total_len.to_be_bytes();
-    let [sum_high, sum_low] = fold(sum).to_be_bytes();
-    *header = [
-        0x45, tos, len_high, len_low, 0, 0, flags, 0, OUTER_TTL, protocol, sum_high, sum_low, src[0], src[1],
-        src[2], src[3], dst[0], dst[1], dst[2], dst[3],
+    // Written as five big-endian words: a 20-element byte array literal compiled to a store
+    // per byte.
+    let words = [
+        0x4500_0000 | u32::from(tos) << 16 | u32::from(total_len),
+        u32::from(flags) << 8,
+        u32::from(OUTER_TTL) << 24 | u32::from(protocol) << 16 | u32::from(fold(sum)),
+        src_word,
+        dst_word,
     ];
+    for (chunk, word) in header.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
 }
 
 /// A 40-byte IPv6 header with hop limit [`OUTER_TTL`]; `first_word` is version, traffic class

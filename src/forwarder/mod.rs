@@ -131,6 +131,7 @@ pub fn run(args: &Args) -> Result<()> {
         list.sort_unstable();
         bail!("core {c} does not exist or is not allowed for this process (cores here: {list:?})");
     }
+    keep_off_worker_cores(&available, &cores);
 
     let epoch = Instant::now();
     let mut program = XdpProgram::load().context("loading fwd's XDP program")?;
@@ -305,6 +306,28 @@ pub fn run(args: &Args) -> Result<()> {
     );
     println!("{}", totals_line(&totals));
     Ok(())
+}
+
+/// Moves this thread, and so every thread it starts from now on (the control loop, the health
+/// checker, the announcer, the admin and metrics servers; not the workers, which pin themselves),
+/// to the allowed cores no worker polls: a poll-mode worker owns its core, and a control thread
+/// there takes turns with it and with the interface's receive processing. When every allowed
+/// core runs a worker they share, as before.
+fn keep_off_worker_cores(available: &HashSet<usize>, workers: &[usize]) {
+    let mut others: Vec<usize> = available.iter().copied().filter(|c| !workers.contains(c)).collect();
+    others.sort_unstable();
+    if others.is_empty() {
+        eprintln!("fwd: every allowed core runs a worker; the control threads share them");
+        return;
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    for &c in others.iter().filter(|&&c| c < rustix::thread::CpuSet::MAX_CPU) {
+        set.set(c);
+    }
+    match rustix::thread::sched_setaffinity(None, &set) {
+        Ok(()) => eprintln!("fwd: control threads on cores {others:?}"),
+        Err(e) => eprintln!("fwd: could not move the control threads off the worker cores: {e}"),
+    }
 }
 
 fn timeouts(config: &Config) -> Timeouts {

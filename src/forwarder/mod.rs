@@ -286,23 +286,34 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     stop_workers.store(true, Ordering::Relaxed);
+    // The busiest worker's median pipeline time per batch (without receive and transmit).
+    let mut pipeline = (Duration::ZERO, 0u64);
     for w in workers {
         match w.join() {
-            Ok(exit) => eprintln!(
-                "fwd: worker on core {} (queue {}) stopped; port: {:?}",
-                exit.core, exit.queue, exit.port_stats
-            ),
+            Ok(exit) => {
+                eprintln!(
+                    "fwd: worker on core {} (queue {}) stopped; port: {:?}",
+                    exit.core, exit.queue, exit.port_stats
+                );
+                if exit.pipeline_batches > pipeline.1 {
+                    pipeline = (exit.pipeline_p50, exit.pipeline_batches);
+                }
+            }
             Err(_) => eprintln!("fwd: a worker panicked"),
         }
     }
     control.program().detach().context("detaching the XDP program")?;
     drop(admin);
     let totals = control.totals();
+    let frames_per_batch = totals.rx_packets as f64 / totals.batches.max(1) as f64;
     eprintln!(
-        "fwd: {} batches ({:.1} frames each), {} empty polls",
+        "fwd: {} batches ({:.1} frames each), {} empty polls; pipeline (without receive and transmit) \
+         median {} ns per batch, {:.0} ns per frame",
         totals.batches,
-        totals.rx_packets as f64 / totals.batches.max(1) as f64,
-        totals.empty_polls
+        frames_per_batch,
+        totals.empty_polls,
+        pipeline.0.as_nanos(),
+        pipeline.0.as_nanos() as f64 / frames_per_batch.max(1.0)
     );
     println!("{}", totals_line(&totals));
     Ok(())

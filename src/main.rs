@@ -9,6 +9,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+/// Large blocks (each worker's connection table) on transparent huge pages: a lookup per packet
+/// at a random place in tens of MB must not also miss the TLB.
+#[global_allocator]
+static ALLOC: fwd_afxdp::HugePageAlloc = fwd_afxdp::HugePageAlloc;
+
 #[derive(Parser, Debug)]
 #[command(name = "fwd", version, about = "L4 load balancer: AF_XDP data plane, Maglev, direct server return")]
 #[command(args_conflicts_with_subcommands = true)]

@@ -1024,7 +1024,7 @@ const ROUTE_CACHE: Duration = Duration::from_secs(30);
 
 impl NextHopResolver {
     fn resolve(&mut self, iface: &Interface, config: &Config) -> HashMap<IpAddr, [u8; 6]> {
-        let neighbours = netinfo::neighbours(&iface.name).unwrap_or_default();
+        let neighbours = netinfo::neighbours(iface.ifindex).unwrap_or_default();
         let mut out = HashMap::new();
         for s in &config.services {
             let fallback_mode = s.fallback_mode.unwrap_or(ForwardMode::Ipip);

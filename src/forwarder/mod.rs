@@ -131,6 +131,7 @@ pub fn run(args: &Args) -> Result<()> {
         list.sort_unstable();
         bail!("core {c} does not exist or is not allowed for this process (cores here: {list:?})");
     }
+    keep_off_worker_cores(&available, &cores);
 
     let epoch = Instant::now();
     let mut program = XdpProgram::load().context("loading fwd's XDP program")?;
@@ -285,26 +286,59 @@ pub fn run(args: &Args) -> Result<()> {
         }
     }
     stop_workers.store(true, Ordering::Relaxed);
+    // The busiest worker's median pipeline time per batch (without receive and transmit).
+    let mut pipeline = (Duration::ZERO, 0u64);
     for w in workers {
         match w.join() {
-            Ok(exit) => eprintln!(
-                "fwd: worker on core {} (queue {}) stopped; port: {:?}",
-                exit.core, exit.queue, exit.port_stats
-            ),
+            Ok(exit) => {
+                eprintln!(
+                    "fwd: worker on core {} (queue {}) stopped; port: {:?}",
+                    exit.core, exit.queue, exit.port_stats
+                );
+                if exit.pipeline_batches > pipeline.1 {
+                    pipeline = (exit.pipeline_p50, exit.pipeline_batches);
+                }
+            }
             Err(_) => eprintln!("fwd: a worker panicked"),
         }
     }
     control.program().detach().context("detaching the XDP program")?;
     drop(admin);
     let totals = control.totals();
+    let frames_per_batch = totals.rx_packets as f64 / totals.batches.max(1) as f64;
     eprintln!(
-        "fwd: {} batches ({:.1} frames each), {} empty polls",
+        "fwd: {} batches ({:.1} frames each), {} empty polls; pipeline (without receive and transmit) \
+         median {} ns per batch, {:.0} ns per frame",
         totals.batches,
-        totals.rx_packets as f64 / totals.batches.max(1) as f64,
-        totals.empty_polls
+        frames_per_batch,
+        totals.empty_polls,
+        pipeline.0.as_nanos(),
+        pipeline.0.as_nanos() as f64 / frames_per_batch.max(1.0)
     );
     println!("{}", totals_line(&totals));
     Ok(())
+}
+
+/// Moves this thread, and so every thread it starts from now on (the control loop, the health
+/// checker, the announcer, the admin and metrics servers; not the workers, which pin themselves),
+/// to the allowed cores no worker polls: a poll-mode worker owns its core, and a control thread
+/// there takes turns with it and with the interface's receive processing. When every allowed
+/// core runs a worker they share, as before.
+fn keep_off_worker_cores(available: &HashSet<usize>, workers: &[usize]) {
+    let mut others: Vec<usize> = available.iter().copied().filter(|c| !workers.contains(c)).collect();
+    others.sort_unstable();
+    if others.is_empty() {
+        eprintln!("fwd: every allowed core runs a worker; the control threads share them");
+        return;
+    }
+    let mut set = rustix::thread::CpuSet::new();
+    for &c in others.iter().filter(|&&c| c < rustix::thread::CpuSet::MAX_CPU) {
+        set.set(c);
+    }
+    match rustix::thread::sched_setaffinity(None, &set) {
+        Ok(()) => eprintln!("fwd: control threads on cores {others:?}"),
+        Err(e) => eprintln!("fwd: could not move the control threads off the worker cores: {e}"),
+    }
 }
 
 fn timeouts(config: &Config) -> Timeouts {

@@ -48,6 +48,11 @@ pub struct WorkerExit {
     pub core: usize,
     pub queue: u32,
     pub port_stats: fwd_afxdp::PortStats,
+    /// Time in the pipeline proper (`process_batch`, without receive and transmit) per batch:
+    /// the median over the run (robust to the preemptions that wall-clock time also counts), and
+    /// the frames per batch, for a per-frame figure.
+    pub pipeline_p50: Duration,
+    pub pipeline_batches: u64,
 }
 
 /// Connection-table buckets counted per census step (8 entries each).
@@ -55,6 +60,8 @@ const CENSUS_BUCKETS: usize = 64;
 /// Empty polls in a row after which the worker counts as idle: it takes a census step, and naps
 /// if `idle_sleep` is set.
 const IDLE_POLLS: u32 = 1024;
+/// Empty polls in a row between two looks at the clock (heartbeat, stop flag, housekeeping).
+const CLOCK_EVERY: u32 = 64;
 /// How often per-backend figures are published.
 const PUBLISH_EVERY_MS: u64 = 100;
 /// How often batch-time percentiles are published (and the histogram restarted).
@@ -74,55 +81,72 @@ pub fn worker_loop(
     if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
         eprintln!("fwd: could not pin the worker to core {core}; it runs unpinned");
     }
-    // The connection table in huge pages: at millions of flows, 4 KiB pages cost a page-table walk
-    // on nearly every lookup.
-    let mut worker = Worker::new_advised(config, |addr, len| {
-        if let Err(e) = fwd_afxdp::advise_huge_pages(addr, len) {
-            eprintln!("fwd: worker on core {core}: connection table without huge pages ({e}): slower at millions of flows");
-        }
-    });
+    // Allocated here, after pinning, so its pages are this core's node's; fwd's global allocator
+    // (fwd_afxdp::HugePageAlloc) puts the connection table in huge pages.
+    let mut worker = Worker::new(config);
     // Nanoseconds, 1 ns to 10 ms at 2 significant digits: a few KiB, allocated once; recording
     // never allocates (saturating_record clamps outliers instead of resizing).
     let mut batch_ns = Histogram::<u64>::new_with_bounds(1, 10_000_000, 2).ok();
     let start = Instant::now();
     let mut empty_streak = 0u32;
+    let mut polls_since_clock = 0u32;
     let mut last_publish_ms = 0u64;
     let mut last_census_ms = u64::MAX;
     let mut last_times_ms = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let snap = snapshots.load();
-        let batch_start = Instant::now();
-        let now_ms = batch_start.duration_since(start).as_millis() as u64;
-        let received =
-            port.poll(MAX_BATCH, &mut |batch, verdicts| worker.process_batch(&snap, batch, verdicts, now_ms));
-        shared.heartbeat_ms.store(batch_start.duration_since(epoch).as_millis() as u64, Ordering::Relaxed);
-        if received > 0 {
-            if let Some(h) = batch_ns.as_mut() {
-                h.saturating_record(batch_start.elapsed().as_nanos() as u64);
+    let mut pipeline_ns = Histogram::<u64>::new_with_bounds(1, 10_000_000, 2).ok();
+    loop {
+        // An empty poll costs what the port's own poll costs and nothing more (the AF_XDP
+        // ceiling's loop is the yardstick): the clock, the snapshot and the housekeeping below are
+        // paid per batch, or once per CLOCK_EVERY empty polls. Under load empty polls come
+        // between batches whenever the interface's receive side (often on this same core) has not
+        // caught up; anything they pay keeps the core from that receive side.
+        let mut batch_start = None;
+        port.poll(MAX_BATCH, &mut |batch, verdicts| {
+            let t = Instant::now();
+            let now_ms = t.duration_since(start).as_millis() as u64;
+            worker.process_batch(&snapshots.load(), batch, verdicts, now_ms);
+            if let Some(h) = pipeline_ns.as_mut() {
+                h.saturating_record(t.elapsed().as_nanos() as u64);
             }
+            batch_start = Some(t);
+        });
+        let mut batch_end = None;
+        if let Some(t) = batch_start {
+            let now = Instant::now();
+            if let Some(h) = batch_ns.as_mut() {
+                h.saturating_record(now.duration_since(t).as_nanos() as u64);
+            }
+            batch_end = Some(now);
             empty_streak = 0;
-            shared.counters.publish(worker.counters());
         } else {
             worker.note_empty_poll();
             empty_streak += 1;
+            polls_since_clock += 1;
         }
+        let idle_point = batch_end.is_none() && empty_streak.is_multiple_of(IDLE_POLLS);
+        if batch_end.is_none() && !idle_point && polls_since_clock < CLOCK_EVERY {
+            continue;
+        }
+        polls_since_clock = 0;
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let now = batch_end.unwrap_or_else(Instant::now);
+        let now_ms = now.duration_since(start).as_millis() as u64;
+        shared.heartbeat_ms.store(now.duration_since(epoch).as_millis() as u64, Ordering::Relaxed);
         // The census walks the connection table a slice at a time: once a millisecond, and once
-        // per IDLE_POLLS empty polls in a row (where the worker would nap). Never on every empty
-        // poll: a step touches CENSUS_BUCKETS cold buckets (tens of KiB of cache misses, microseconds),
-        // and empty polls come between batches under load too, whenever the interface's receive
-        // side (often on this same core) has not caught up. Paying a step there multiplied the
-        // cost of an empty poll several times over, kept the core from that receive side, and
-        // evicted the lines the next batch needs.
-        let idle_point = received == 0 && empty_streak.is_multiple_of(IDLE_POLLS);
+        // per IDLE_POLLS empty polls in a row (where the worker would nap). Never more often: a
+        // step touches CENSUS_BUCKETS cold buckets (tens of KiB of cache misses, microseconds).
         if idle_point || now_ms != last_census_ms {
             last_census_ms = now_ms;
-            if worker.census_step(&snap, CENSUS_BUCKETS, now_ms) {
+            // Counters go out with it: at most once a millisecond, and at every idle point.
+            shared.counters.publish(worker.counters());
+            if worker.census_step(&snapshots.load(), CENSUS_BUCKETS, now_ms) {
                 shared.active_flows.store(worker.active_flows().iter().sum(), Ordering::Relaxed);
             }
         }
         if now_ms.wrapping_sub(last_publish_ms) >= PUBLISH_EVERY_MS {
             last_publish_ms = now_ms;
-            shared.counters.publish(worker.counters());
             shared.backends.load().publish(worker.backend_counters(), worker.active_flows());
         }
         if now_ms.wrapping_sub(last_times_ms) >= BATCH_TIMES_EVERY_MS {
@@ -138,5 +162,13 @@ pub fn worker_loop(
     }
     shared.counters.publish(worker.counters());
     shared.backends.load().publish(worker.backend_counters(), worker.active_flows());
-    WorkerExit { core, queue: port.queue(), port_stats: port.stats() }
+    let (pipeline_p50, pipeline_batches) =
+        pipeline_ns.map_or((0, 0), |h| (if h.is_empty() { 0 } else { h.value_at_quantile(0.5) }, h.len()));
+    WorkerExit {
+        core,
+        queue: port.queue(),
+        port_stats: port.stats(),
+        pipeline_p50: Duration::from_nanos(pipeline_p50),
+        pipeline_batches,
+    }
 }

@@ -7,6 +7,8 @@
 //!   [`fwd_dataplane::io::PacketIo`], so the pipeline sees batches of [`fwd_dataplane::frame::Frame`]s.
 //!   A port can also set frames aside for traffic it generates ([`Port::transmit`]) and show
 //!   received frames read-only ([`Port::receive_each`]): the two halves of a traffic generator.
+//! - [`HugePageAlloc`] is a global allocator that backs large blocks (a worker's connection
+//!   table) with transparent huge pages.
 //! - [`PacketSocket`] is an AF_PACKET socket with the same transmit/receive shape, the fallback
 //!   where AF_XDP is unavailable.
 //!
@@ -26,6 +28,7 @@
 //! This is the only crate of the workspace with `unsafe` code: every block says why it is sound.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod hugealloc;
 pub mod memory;
 pub mod packet;
 pub mod port;
@@ -34,6 +37,7 @@ mod sys;
 #[cfg(test)]
 mod testnet;
 
+pub use hugealloc::HugePageAlloc;
 pub use memory::advise_huge_pages;
 pub use packet::{PacketConfig, PacketError, PacketSocket, PacketStats};
 pub use port::{BindMode, BoundMode, KernelStats, Port, PortConfig, PortError, PortStats};

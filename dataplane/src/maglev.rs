@@ -470,7 +470,65 @@ fn nearest_free(slots: &mut [u16], walkers: &mut [Walker], order: &Turns, turns:
     let scale = FixedPoint::new(slots.len() as u32);
     let free = free_slots(slots);
     debug_assert_eq!(free.len(), turns.len());
+    // Every endgame member's inverse at once (Montgomery's trick: one Euclid, three
+    // multiplications each), not one Euclid per member.
+    let modulus = Modulus::new(slots.len() as u64);
+    let mut inverses = Inverses { scale, modulus, skips: Vec::new(), before: Vec::new(), product: 1 };
+    for_each_turn(order, walkers, turns.clone(), &mut inverses);
+    let Inverses { skips, before, product, .. } = inverses;
+    if !skips.is_empty() {
+        // inverse_of_prefix[j]: the inverse of the product of the first j + 1 skips.
+        let mut inverse_of_prefix = vec![0u64; skips.len()];
+        let mut inverse = u64::from(inverse_mod_prime(product as u32, slots.len() as u32));
+        for (j, &skip) in skips.iter().enumerate().rev() {
+            inverse_of_prefix[j] = inverse;
+            inverse = modulus.rem(inverse * skip);
+        }
+        let mut resolve = ResolveInverses { modulus, before, inverse_of_prefix };
+        for_each_turn(order, walkers, turns.clone(), &mut resolve);
+    }
     for_each_turn(order, walkers, turns, &mut Nearest { slots, scale, free });
+}
+
+/// Marks each endgame walker still without an inverse as pending (its index among them, with
+/// [`PENDING`] set) and records its skip and the product of the skips before it.
+struct Inverses {
+    scale: FixedPoint,
+    modulus: Modulus,
+    skips: Vec<u64>,
+    before: Vec<u64>,
+    product: u64,
+}
+
+/// Marks a walker's `inverse` as an index into [`Inverses`]' lists; inverses are below 2^21.
+const PENDING: u32 = 1 << 31;
+
+impl Turn for Inverses {
+    fn take(&mut self, walker: &mut Walker) {
+        if walker.inverse == 0 {
+            let skip = self.scale.slot(walker.step) as u64;
+            walker.inverse = PENDING | self.skips.len() as u32;
+            self.before.push(self.product);
+            self.skips.push(skip);
+            self.product = self.modulus.rem(self.product * skip);
+        }
+    }
+}
+
+/// A pending walker's inverse: the product of the skips before it over that up to its own.
+struct ResolveInverses {
+    modulus: Modulus,
+    before: Vec<u64>,
+    inverse_of_prefix: Vec<u64>,
+}
+
+impl Turn for ResolveInverses {
+    fn take(&mut self, walker: &mut Walker) {
+        if walker.inverse & PENDING != 0 {
+            let j = (walker.inverse & !PENDING) as usize;
+            walker.inverse = self.modulus.rem(self.before[j] * self.inverse_of_prefix[j]) as u32;
+        }
+    }
 }
 
 /// An endgame turn: take the free slot nearest on the walk.
@@ -484,9 +542,7 @@ impl Turn for Nearest<'_> {
     fn take(&mut self, walker: &mut Walker) {
         let (scale, size) = (self.scale, self.slots.len() as u32);
         let skip = scale.slot(walker.step) as u32;
-        if walker.inverse == 0 {
-            walker.inverse = inverse_mod_prime(skip, size);
-        }
+        debug_assert_eq!(u64::from(walker.inverse) * u64::from(skip) % u64::from(size), 1);
         let base = u64::from(size) - scale.slot(walker.at) as u64;
         // A free slot is `(slot + base) * inverse mod size` steps away; in fixed point that is
         // one wrapping multiplication by `scale * inverse`, exact by `FixedPoint`'s bound as the

@@ -285,7 +285,7 @@ struct Walker {
     step: u64,
     /// What its slots hold: its index among the members given to `build`.
     member: u16,
-    /// `skip`'s inverse modulo the size, for the endgame; 0 until first needed.
+    /// `skip`'s inverse modulo the size, for the endgame; 0 until the endgame computes it.
     inverse: u32,
 }
 

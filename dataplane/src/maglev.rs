@@ -95,9 +95,9 @@ impl MaglevTable {
             return Ok(MaglevTable { slots: Box::new([]), size, members: members.len(), fingerprint: 0 });
         }
 
-        let scale = FixedPoint::new(size);
+        let (scale, moduli) = (FixedPoint::new(size), Moduli::new(size));
         let mut walkers: Vec<Walker> =
-            canonical.iter().map(|&i| Walker::new(&members[usize::from(i)].key, i, size, scale)).collect();
+            canonical.iter().map(|&i| Walker::new(&members[usize::from(i)].key, i, &moduli, scale)).collect();
         let weights: Vec<u64> =
             canonical.iter().map(|&i| u64::from(members[usize::from(i)].weight)).collect();
         let slots = fill(size, &mut walkers, &Turns::new(&weights, size));
@@ -285,15 +285,53 @@ struct Walker {
     step: u64,
     /// What its slots hold: its index among the members given to `build`.
     member: u16,
-    /// `skip`'s inverse modulo the size, for the endgame; 0 until first needed.
+    /// `skip`'s inverse modulo the size, for the endgame; 0 until the endgame computes it.
     inverse: u32,
 }
 
 impl Walker {
-    fn new(key: &BackendKey, member: u16, size: u32, scale: FixedPoint) -> Walker {
-        let skip = (xxh3_64_with_seed(&key.0, MAGLEV_SKIP_SEED) % u64::from(size - 1)) as u32 + 1;
-        let offset = (xxh3_64_with_seed(&key.0, MAGLEV_OFFSET_SEED) % u64::from(size)) as u32;
+    fn new(key: &BackendKey, member: u16, moduli: &Moduli, scale: FixedPoint) -> Walker {
+        let skip = moduli.skip.rem(xxh3_64_with_seed(&key.0, MAGLEV_SKIP_SEED)) as u32 + 1;
+        let offset = moduli.offset.rem(xxh3_64_with_seed(&key.0, MAGLEV_OFFSET_SEED)) as u32;
         Walker { at: scale.of(offset), step: scale.of(skip), member, inverse: 0 }
+    }
+}
+
+/// The two divisors of [`Walker::new`]: `size` for offsets, `size - 1` for skips.
+struct Moduli {
+    offset: Modulus,
+    skip: Modulus,
+}
+
+impl Moduli {
+    fn new(size: u32) -> Moduli {
+        Moduli { offset: Modulus::new(u64::from(size)), skip: Modulus::new(u64::from(size - 1)) }
+    }
+}
+
+/// `x mod divisor` for any 64-bit `x` by multiplications instead of a 64-bit division (slow for a
+/// 64-bit dividend): Lemire, Kaser and Kurz, "Faster remainder by direct computation" (2019),
+/// exact for 64-bit numerators with a 128-bit `ceil(2^128 / divisor)`.
+#[derive(Clone, Copy)]
+struct Modulus {
+    /// `ceil(2^128 / divisor)`, wrapping (the divisor is at least 2, so no wrap occurs).
+    inverse: u128,
+    divisor: u64,
+}
+
+impl Modulus {
+    fn new(divisor: u64) -> Modulus {
+        Modulus { inverse: u128::MAX / u128::from(divisor) + 1, divisor }
+    }
+
+    /// The high 64 bits of `(inverse * x mod 2^128) * divisor`, a 192-bit product.
+    #[inline]
+    fn rem(self, x: u64) -> u64 {
+        let fraction = self.inverse.wrapping_mul(u128::from(x));
+        let divisor = u128::from(self.divisor);
+        let low = (u128::from(fraction as u64) * divisor) >> 64;
+        let high = (fraction >> 64) * divisor;
+        ((low + high) >> 64) as u64
     }
 }
 
@@ -307,15 +345,17 @@ trait Turn {
 fn for_each_turn(order: &Turns, walkers: &mut [Walker], turns: std::ops::Range<usize>, turn: &mut impl Turn) {
     match order {
         Turns::RoundRobin => {
-            // Whole stretches of consecutive ranks: a plain pass over the walkers.
+            // Whole stretches of consecutive ranks: a plain pass over the walkers. Only the first
+            // can start mid-round (one division per call, not one per round).
             let mut next = turns.start;
+            let mut rank = next % walkers.len();
             while next < turns.end {
-                let rank = next % walkers.len();
                 let stretch = (walkers.len() - rank).min(turns.end - next);
                 for walker in &mut walkers[rank..rank + stretch] {
                     turn.take(walker);
                 }
                 next += stretch;
+                rank = 0;
             }
         }
         Turns::Listed(ranks) => {
@@ -430,7 +470,65 @@ fn nearest_free(slots: &mut [u16], walkers: &mut [Walker], order: &Turns, turns:
     let scale = FixedPoint::new(slots.len() as u32);
     let free = free_slots(slots);
     debug_assert_eq!(free.len(), turns.len());
+    // Every endgame member's inverse at once (Montgomery's trick: one Euclid, three
+    // multiplications each), not one Euclid per member.
+    let modulus = Modulus::new(slots.len() as u64);
+    let mut inverses = Inverses { scale, modulus, skips: Vec::new(), before: Vec::new(), product: 1 };
+    for_each_turn(order, walkers, turns.clone(), &mut inverses);
+    let Inverses { skips, before, product, .. } = inverses;
+    if !skips.is_empty() {
+        // inverse_of_prefix[j]: the inverse of the product of the first j + 1 skips.
+        let mut inverse_of_prefix = vec![0u64; skips.len()];
+        let mut inverse = u64::from(inverse_mod_prime(product as u32, slots.len() as u32));
+        for (j, &skip) in skips.iter().enumerate().rev() {
+            inverse_of_prefix[j] = inverse;
+            inverse = modulus.rem(inverse * skip);
+        }
+        let mut resolve = ResolveInverses { modulus, before, inverse_of_prefix };
+        for_each_turn(order, walkers, turns.clone(), &mut resolve);
+    }
     for_each_turn(order, walkers, turns, &mut Nearest { slots, scale, free });
+}
+
+/// Marks each endgame walker still without an inverse as pending (its index among them, with
+/// [`PENDING`] set) and records its skip and the product of the skips before it.
+struct Inverses {
+    scale: FixedPoint,
+    modulus: Modulus,
+    skips: Vec<u64>,
+    before: Vec<u64>,
+    product: u64,
+}
+
+/// Marks a walker's `inverse` as an index into [`Inverses`]' lists; inverses are below 2^21.
+const PENDING: u32 = 1 << 31;
+
+impl Turn for Inverses {
+    fn take(&mut self, walker: &mut Walker) {
+        if walker.inverse == 0 {
+            let skip = self.scale.slot(walker.step) as u64;
+            walker.inverse = PENDING | self.skips.len() as u32;
+            self.before.push(self.product);
+            self.skips.push(skip);
+            self.product = self.modulus.rem(self.product * skip);
+        }
+    }
+}
+
+/// A pending walker's inverse: the product of the skips before it over that up to its own.
+struct ResolveInverses {
+    modulus: Modulus,
+    before: Vec<u64>,
+    inverse_of_prefix: Vec<u64>,
+}
+
+impl Turn for ResolveInverses {
+    fn take(&mut self, walker: &mut Walker) {
+        if walker.inverse & PENDING != 0 {
+            let j = (walker.inverse & !PENDING) as usize;
+            walker.inverse = self.modulus.rem(self.before[j] * self.inverse_of_prefix[j]) as u32;
+        }
+    }
 }
 
 /// An endgame turn: take the free slot nearest on the walk.
@@ -444,9 +542,7 @@ impl Turn for Nearest<'_> {
     fn take(&mut self, walker: &mut Walker) {
         let (scale, size) = (self.scale, self.slots.len() as u32);
         let skip = scale.slot(walker.step) as u32;
-        if walker.inverse == 0 {
-            walker.inverse = inverse_mod_prime(skip, size);
-        }
+        debug_assert_eq!(u64::from(walker.inverse) * u64::from(skip) % u64::from(size), 1);
         let base = u64::from(size) - scale.slot(walker.at) as u64;
         // A free slot is `(slot + base) * inverse mod size` steps away; in fixed point that is
         // one wrapping multiplication by `scale * inverse`, exact by `FixedPoint`'s bound as the
@@ -878,6 +974,43 @@ mod tests {
                     slot = (slot + u64::from(skip)) % u64::from(size);
                 }
                 assert_eq!(scale.slot(step), skip as usize);
+            }
+        }
+    }
+
+    /// `Modulus::rem` agrees with `%` for the divisors builds use and for extreme dividends.
+    #[test]
+    fn remainders_by_multiplication_are_exact() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for divisor in [
+            MIN_TABLE_SIZE - 1,
+            MIN_TABLE_SIZE,
+            65536,
+            DEFAULT_TABLE_SIZE,
+            MAX_TABLE_SIZE - 1,
+            MAX_TABLE_SIZE,
+        ] {
+            let divisor = u64::from(divisor);
+            let modulus = Modulus::new(divisor);
+            let edges = [
+                0,
+                1,
+                divisor - 1,
+                divisor,
+                divisor + 1,
+                u64::MAX,
+                u64::MAX - 1,
+                u64::MAX / divisor * divisor,
+            ];
+            for &x in &edges {
+                assert_eq!(modulus.rem(x), x % divisor, "{x} mod {divisor}");
+            }
+            for _ in 0..100_000 {
+                x ^= x >> 12;
+                x ^= x << 25;
+                x ^= x >> 27;
+                let y = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+                assert_eq!(modulus.rem(y), y % divisor, "{y} mod {divisor}");
             }
         }
     }

@@ -345,6 +345,23 @@ fn tunnel_sources_spread_by_flow() {
     assert_eq!(sources.len(), 8, "all 8 tunnel sources used: {sources:?}");
 }
 
+/// A frame's slot keeps state from the batch before; a frame decided in the first pass (no
+/// service, not a VIP) must not be placed or rewritten on that stale state.
+#[test]
+fn a_slot_forgets_the_frame_it_held_in_the_batch_before() {
+    let snap = standard();
+    let mut w = worker();
+    let forwarded = tcp4(CLIENT4, VIP4, 40_000, 80, 10);
+    let (verdicts, _) = run(&mut w, &snap, &[forwarded.clone(), forwarded.clone()], 1);
+    assert_eq!(verdicts, [Verdict::Tx, Verdict::Tx]);
+    let not_a_vip = tcp4(CLIENT4, [198, 18, 77, 77], 40_000, 80, 10);
+    let no_service = tcp4(CLIENT4, VIP4, 40_000, 8080, 10);
+    let (verdicts, io) = run(&mut w, &snap, &[not_a_vip.clone(), no_service], 2);
+    assert_eq!(verdicts, [Verdict::Pass, Verdict::Drop(DropReason::NoService)]);
+    assert_eq!(io.passed, [not_a_vip], "passed to the kernel unchanged");
+    assert!(io.tx.is_empty());
+}
+
 #[test]
 fn drop_and_pass_reasons() {
     let snap = standard();

@@ -8,9 +8,10 @@
 //! [`HUGE_THRESHOLD`] bytes gets `MADV_HUGEPAGE` over its 2 MiB-aligned interior, before the
 //! caller first touches it. Everything else is the system allocator's, unchanged.
 //!
-//! ```ignore
+//! ```no_run
 //! #[global_allocator]
 //! static ALLOC: fwd_afxdp::HugePageAlloc = fwd_afxdp::HugePageAlloc;
+//! fn main() {}
 //! ```
 
 use std::alloc::{GlobalAlloc, Layout, System};

@@ -46,6 +46,11 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// fwd's allocator (huge pages behind the connection table), so the bench measures what fwd's
+/// workers run.
+#[global_allocator]
+static ALLOC: fwd_afxdp::HugePageAlloc = fwd_afxdp::HugePageAlloc;
+
 const OUR_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xfd];
 const ROUTER_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const GATEWAY_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x99];
@@ -504,22 +509,11 @@ fn warm_up(io: &mut dyn Replay, worker: &mut Worker, snap: &Snapshot, flows: usi
     assert_eq!(totals.0 - before.1 .0, packets, "{label}: every frame must be transmitted");
 }
 
-/// A warmed-up worker for `templates` (connection table twice the flow count), its connection
-/// table in huge pages as fwd's workers have it.
+/// A warmed-up worker for `templates` (connection table twice the flow count; in huge pages
+/// through the global allocator, as in fwd).
 fn warm_worker(snap: &Snapshot, frames: &[Vec<u8>], label: &str) -> Worker {
-    warm_worker_paged(snap, frames, label, true)
-}
-
-/// [`warm_worker`], with `huge_pages: false` the table in 4 KiB pages (the peer that shows what
-/// huge pages are worth at a million flows).
-fn warm_worker_paged(snap: &Snapshot, frames: &[Vec<u8>], label: &str, huge_pages: bool) -> Worker {
-    let config = WorkerConfig { conn_capacity: 2 * frames.len(), timeouts: TIMEOUTS };
     let before = fwd_afxdp::memory::anon_huge_page_bytes().unwrap_or(0);
-    let mut worker = Worker::new_advised(config, |addr, len| {
-        if huge_pages {
-            fwd_afxdp::advise_huge_pages(addr, len).expect("madvise(MADV_HUGEPAGE) on the connection table");
-        }
-    });
+    let mut worker = Worker::new(WorkerConfig { conn_capacity: 2 * frames.len(), timeouts: TIMEOUTS });
     let after = fwd_afxdp::memory::anon_huge_page_bytes().unwrap_or(0);
     eprintln!(
         "{label}: connection table {} MiB, {} MiB of it in huge pages",
@@ -615,11 +609,6 @@ fn benches(c: &mut Criterion) {
                 bench_pipeline(c, &label, replay, &mut worker, &snap, batch);
                 bench_io_only(c, &format!("io-only/f{flows}"), replay, batch);
             }
-        }
-        if flows == 1_000_000 {
-            let label = format!("tcp4-ipip-4k-pages/f{flows}");
-            let mut small_pages = warm_worker_paged(&snap, &frames, &label, false);
-            bench_pipeline(c, &label, &mut compact, &mut small_pages, &snap, 32);
         }
         if flows >= 10_000 {
             let mut naive = Naive::new(&snap, flows, true);

@@ -184,20 +184,10 @@ impl ConnTable {
     /// to a power-of-two number of 8-entry buckets, see [`ConnTable::capacity`]. All memory is
     /// allocated here: about 56 bytes per entry.
     pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
-        Self::new_advised(capacity, timeouts, |_, _| {})
-    }
-
-    /// [`ConnTable::new`], calling `advise(address, bytes)` on the table's storage after it is
-    /// allocated and before it is first written: the moment to ask the kernel for huge pages
-    /// (`fwd_afxdp::advise_huge_pages`; this crate has no system calls). At a million entries the
-    /// table spans ~120 MB, and in 4 KiB pages nearly every lookup also walks the page tables.
-    pub fn new_advised(capacity: usize, timeouts: Timeouts, advise: impl FnOnce(usize, usize)) -> Self {
         let buckets = bucket_count_for(capacity);
-        let mut storage: Vec<Bucket> = Vec::with_capacity(buckets);
-        advise(storage.as_ptr() as usize, buckets * std::mem::size_of::<Bucket>());
-        storage.resize(buckets, Bucket { header: BucketHeader::default(), entries: [EMPTY_ENTRY; WAYS] });
         ConnTable {
-            buckets: storage.into_boxed_slice(),
+            buckets: vec![Bucket { header: BucketHeader::default(), entries: [EMPTY_ENTRY; WAYS] }; buckets]
+                .into_boxed_slice(),
             bucket_mask: buckets - 1,
             timeout_by_state: [0, timeouts.tcp_established_ms, timeouts.tcp_closing_ms, timeouts.udp_ms],
             sweep_cursor: 0,
@@ -553,12 +543,8 @@ mod tests {
     }
 
     #[test]
-    fn advice_sees_the_whole_storage_before_it_is_used() {
-        let mut seen = None;
-        let mut t = ConnTable::new_advised(1024, TIMEOUTS, |addr, len| seen = Some((addr, len)));
-        let (addr, len) = seen.expect("advise is called");
-        assert_eq!(addr, t.buckets.as_ptr() as usize, "advice on the storage the table keeps");
-        assert_eq!(len, t.bucket_count() * std::mem::size_of::<Bucket>());
+    fn prefetching_changes_nothing() {
+        let mut t = table();
         let a = tcp(40_000);
         t.insert(&a, flow_hash(&a), value(1), 0, None);
         t.prefetch(flow_hash(&a));

@@ -933,30 +933,29 @@ mod tests {
         }
     }
 
+    /// `n` members at `size` build the reference table, with equal weights and then with
+    /// `weights` repeated over them.
+    fn assert_same_slots_as_reference(n: usize, size: u32, weights: &[u32]) {
+        let mut members = equal_members(n);
+        let table = MaglevTable::build(&members, size).unwrap();
+        assert_eq!(table.slots(), &reference_build(&members, size)[..], "{n} equal members at {size}");
+        for (m, &w) in members.iter_mut().zip(weights.iter().cycle()) {
+            m.weight = w;
+        }
+        let table = MaglevTable::build(&members, size).unwrap();
+        assert_eq!(table.slots(), &reference_build(&members, size)[..], "{n} weighted members at {size}");
+    }
+
     /// The production size with many members, equal and unequal weights, both build paths.
     #[test]
     fn same_slots_as_reference_build_at_default_size() {
-        let mut members = equal_members(1000);
-        let table = MaglevTable::build(&members, DEFAULT_TABLE_SIZE).unwrap();
-        assert_eq!(table.slots(), &reference_build(&members, DEFAULT_TABLE_SIZE)[..]);
-        for (i, m) in members.iter_mut().enumerate() {
-            m.weight = [1, 1000, 7, 0, 250][i % 5];
-        }
-        let table = MaglevTable::build(&members, DEFAULT_TABLE_SIZE).unwrap();
-        assert_eq!(table.slots(), &reference_build(&members, DEFAULT_TABLE_SIZE)[..]);
+        assert_same_slots_as_reference(1000, DEFAULT_TABLE_SIZE, &[1, 1000, 7, 0, 250]);
     }
 
     /// The largest size, where `FixedPoint`'s margin is smallest, against the reference build.
     #[test]
     fn same_slots_as_reference_build_at_largest_size() {
-        let mut members = equal_members(20);
-        let table = MaglevTable::build(&members, MAX_TABLE_SIZE).unwrap();
-        assert_eq!(table.slots(), &reference_build(&members, MAX_TABLE_SIZE)[..]);
-        for (i, m) in members.iter_mut().enumerate() {
-            m.weight = [3, 1, 0, 8][i % 4];
-        }
-        let table = MaglevTable::build(&members, MAX_TABLE_SIZE).unwrap();
-        assert_eq!(table.slots(), &reference_build(&members, MAX_TABLE_SIZE)[..]);
+        assert_same_slots_as_reference(20, MAX_TABLE_SIZE, &[3, 1, 0, 8]);
     }
 
     /// A whole walk (every slot once) in fixed point reads back the slots modular arithmetic gives.

@@ -155,39 +155,6 @@ struct Slot {
     backend: BackendIdx,
 }
 
-impl Slot {
-    /// Records the slow path's answer.
-    fn store(&mut self, step: Step) -> Option<Verdict> {
-        match step {
-            Step::Done(verdict) => {
-                self.todo = Todo::Done;
-                return Some(verdict);
-            }
-            Step::Echo(facts) => {
-                self.todo = Todo::Echo;
-                self.facts = facts;
-            }
-            Step::Forward { facts, service, key, hash, tcp_flags, track } => {
-                self.todo = if track { Todo::Forward } else { Todo::Follow };
-                self.facts = facts;
-                self.service = service;
-                self.key = key;
-                self.hash = hash;
-                self.tcp_flags = tcp_flags;
-            }
-        }
-        None
-    }
-}
-
-/// What the slow path of the first pass learned about a frame.
-#[derive(Clone, Copy, Debug)]
-enum Step {
-    Done(Verdict),
-    Echo(FrameFacts),
-    Forward { facts: FrameFacts, service: u32, key: FlowKey, hash: u64, tcp_flags: Option<u8>, track: bool },
-}
-
 /// One worker's pipeline and state.
 #[derive(Debug)]
 pub struct Worker {
@@ -203,14 +170,8 @@ pub struct Worker {
 impl Worker {
     /// Allocates the connection table and counters: everything the worker will ever need.
     pub fn new(config: WorkerConfig) -> Self {
-        Self::new_advised(config, |_, _| {})
-    }
-
-    /// [`Worker::new`] with the connection table's storage shown to `advise` before it is
-    /// touched (see [`ConnTable::new_advised`]).
-    pub fn new_advised(config: WorkerConfig, advise: impl FnOnce(usize, usize)) -> Self {
         Worker {
-            conns: ConnTable::new_advised(config.conn_capacity.max(1), config.timeouts, advise),
+            conns: ConnTable::new(config.conn_capacity.max(1), config.timeouts),
             counters: WorkerCounters::default(),
             backend_counters: Vec::new(),
             census: FlowCensus::default(),
@@ -296,7 +257,7 @@ impl Worker {
             let common = parse_common_into(data, &mut slot.key);
             let done = match common {
                 Some(c) => classify_flow(snap, slot, FrameFacts::of_common(&c), c.tcp_flags, true),
-                None => slot.store(classify_other(snap, data)),
+                None => classify_other(snap, data, slot),
             };
             if let Some(v) = done {
                 slot.todo = Todo::Done;
@@ -391,81 +352,82 @@ fn classify_flow(
         VipMatch::NotVip => return Some(Verdict::Pass),
     };
     snap.apply_flow_key_policy(service, &mut slot.key);
-    slot.todo = if track { Todo::Forward } else { Todo::Follow };
+    aim(slot, if track { Todo::Forward } else { Todo::Follow }, facts, service, tcp_flags);
+    None
+}
+
+/// Points the slot at `service` along the flow in `slot.key` (final, policy applied).
+#[inline(always)]
+fn aim(slot: &mut Slot, todo: Todo, facts: FrameFacts, service: u32, tcp_flags: Option<u8>) {
+    slot.todo = todo;
     slot.facts = facts;
     slot.service = service;
     slot.tcp_flags = tcp_flags;
     slot.hash = flow_hash(&slot.key);
-    None
 }
 
 /// The first pass for what is not plain TCP/UDP: VLAN stacks, IPv4 options, IPv6
-/// extension headers, fragments, ICMP, TTL 0, malformed frames.
+/// extension headers, fragments, ICMP, TTL 0, malformed frames. Fills `slot` like
+/// [`classify_flow`]; `Some` is the frame's verdict if it has one.
 #[inline(never)]
-fn classify_other(snap: &Snapshot, data: &[u8]) -> Step {
+fn classify_other(snap: &Snapshot, data: &[u8], slot: &mut Slot) -> Option<Verdict> {
     let parsed = match parse(data) {
         Ok(Some(p)) => p,
-        Ok(None) => return Step::Done(Verdict::Pass),
-        Err(reason) => return Step::Done(Verdict::Drop(reason)),
+        Ok(None) => return Some(Verdict::Pass),
+        Err(reason) => return Some(Verdict::Drop(reason)),
     };
     let ip = &parsed.ip;
-    // The common case, unfragmented TCP or UDP with TTL left, needs one lookup: the service
-    // lookup tells a VIP from other addresses too, so the VIP probe below is skipped.
+    let facts = FrameFacts::of(&parsed);
+    // Unfragmented TCP or UDP with TTL left needs one lookup: the service lookup tells a VIP from
+    // other addresses too, so the VIP probe below is skipped.
     if ip.ttl != 0 && ip.fragment.is_none() {
-        match parsed.l4 {
-            L4Meta::Tcp { src_port, dst_port, flags } => {
-                let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-                return flow_step(snap, FrameFacts::of(&parsed), key, Some(flags), true);
-            }
-            L4Meta::Udp { src_port, dst_port } => {
-                let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-                return flow_step(snap, FrameFacts::of(&parsed), key, None, true);
-            }
-            _ => {}
+        let transport = match parsed.l4 {
+            L4Meta::Tcp { src_port, dst_port, flags } => Some((src_port, dst_port, Some(flags))),
+            L4Meta::Udp { src_port, dst_port } => Some((src_port, dst_port, None)),
+            _ => None,
+        };
+        if let Some((src_port, dst_port, tcp_flags)) = transport {
+            slot.key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
+            return classify_flow(snap, slot, facts, tcp_flags, true);
         }
     }
     if !snap.is_vip(&ip.dst) {
-        return Step::Done(Verdict::Pass);
+        return Some(Verdict::Pass);
     }
     if ip.ttl == 0 {
-        return Step::Done(Verdict::Drop(DropReason::TtlExceeded));
+        return Some(Verdict::Drop(DropReason::TtlExceeded));
     }
     if ip.fragment.is_some() {
-        return classify_fragment(snap, &parsed);
+        return classify_fragment(snap, &parsed, facts, slot);
     }
     match parsed.l4 {
-        L4Meta::Tcp { src_port, dst_port, flags } => {
-            let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-            flow_step(snap, FrameFacts::of(&parsed), key, Some(flags), true)
+        // Answered in the last pass, where the ICMP budget and the frame are at hand.
+        L4Meta::IcmpEchoRequest if snap.local.answer_echo => {
+            slot.todo = Todo::Echo;
+            slot.facts = facts;
+            None
         }
-        L4Meta::Udp { src_port, dst_port } => {
-            let key = FlowKey::v6(ip.src, ip.dst, ip.proto, src_port, dst_port);
-            flow_step(snap, FrameFacts::of(&parsed), key, None, true)
-        }
-        // Answered in the second pass, where the ICMP budget and the frame are at hand.
-        L4Meta::IcmpEchoRequest if snap.local.answer_echo => Step::Echo(FrameFacts::of(&parsed)),
-        L4Meta::IcmpEchoRequest => Step::Done(Verdict::Pass),
+        L4Meta::IcmpEchoRequest => Some(Verdict::Pass),
         L4Meta::IcmpError { quoted } => {
             // The quoted packet went from the VIP to the client: the flow is its reverse.
             if quoted.src != ip.dst {
-                return Step::Done(Verdict::Drop(DropReason::IcmpUnmatched));
+                return Some(Verdict::Drop(DropReason::IcmpUnmatched));
             }
-            let key = FlowKey {
+            slot.key = FlowKey {
                 src: quoted.dst,
                 dst: quoted.src,
                 src_port: quoted.dst_port,
                 dst_port: quoted.src_port,
                 proto: quoted.proto,
             };
-            match flow_step(snap, FrameFacts::of(&parsed), key, None, false) {
-                Step::Done(Verdict::Drop(DropReason::NoService)) => {
-                    Step::Done(Verdict::Drop(DropReason::IcmpUnmatched))
-                }
-                step => step,
+            match classify_flow(snap, slot, facts, None, false) {
+                Some(Verdict::Drop(DropReason::NoService)) => Some(Verdict::Drop(DropReason::IcmpUnmatched)),
+                verdict => verdict,
             }
         }
-        L4Meta::IcmpOther | L4Meta::Other | L4Meta::Fragment => {
-            Step::Done(Verdict::Drop(DropReason::UnsupportedProtocol))
+        // TCP and UDP (unfragmented, TTL left) were placed above.
+        L4Meta::Tcp { .. } | L4Meta::Udp { .. } | L4Meta::IcmpOther | L4Meta::Other | L4Meta::Fragment => {
+            Some(Verdict::Drop(DropReason::UnsupportedProtocol))
         }
     }
 }
@@ -603,41 +565,30 @@ fn too_big(
     Ok(())
 }
 
-/// The step for a TCP/UDP flow (or an ICMP error following one) to `key.dst`.
-#[inline]
-fn flow_step(snap: &Snapshot, facts: FrameFacts, key: FlowKey, tcp_flags: Option<u8>, track: bool) -> Step {
-    let service = match snap.lookup(&key.dst, key.proto, key.dst_port) {
-        VipMatch::Service(i) => i,
-        VipMatch::VipOnly => return Step::Done(Verdict::Drop(DropReason::NoService)),
-        VipMatch::NotVip => return Step::Done(Verdict::Pass),
-    };
-    let key = snap.service_flow_key(service, key);
-    Step::Forward { facts, service, key, hash: flow_hash(&key), tcp_flags, track }
-}
-
-fn classify_fragment(snap: &Snapshot, parsed: &ParsedFrame) -> Step {
+/// A fragment to a VIP: the one service of its (VIP, protocol), hashed on the 3-tuple, or
+/// dropped, as the service's fragment policy says.
+fn classify_fragment(
+    snap: &Snapshot,
+    parsed: &ParsedFrame,
+    facts: FrameFacts,
+    slot: &mut Slot,
+) -> Option<Verdict> {
     let ip = &parsed.ip;
     let Some(service) = snap.fragment_service(&ip.dst, ip.proto) else {
-        return Step::Done(Verdict::Drop(match crate::flow::L4Proto::from_number(ip.proto) {
+        return Some(Verdict::Drop(match crate::flow::L4Proto::from_number(ip.proto) {
             Some(_) => DropReason::FragmentPolicy,
             None => DropReason::UnsupportedProtocol,
         }));
     };
     match snap.services.get(service as usize) {
         Some(svc) if svc.fragments == FragmentPolicy::Hash3Tuple => {
-            let key = FlowKey::v6(ip.src, ip.dst, ip.proto, 0, 0);
+            slot.key = FlowKey::v6(ip.src, ip.dst, ip.proto, 0, 0);
             // Fragments are not tracked: the 3-tuple hash already sends them all to one backend,
             // and tracking them would fill the table with one entry per datagram source.
-            Step::Forward {
-                facts: FrameFacts::of(parsed),
-                service,
-                key,
-                hash: flow_hash(&key),
-                tcp_flags: None,
-                track: false,
-            }
+            aim(slot, Todo::Follow, facts, service, None);
+            None
         }
-        _ => Step::Done(Verdict::Drop(DropReason::FragmentPolicy)),
+        _ => Some(Verdict::Drop(DropReason::FragmentPolicy)),
     }
 }
 

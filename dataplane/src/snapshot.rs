@@ -381,17 +381,15 @@ impl Snapshot {
     #[inline(always)]
     pub fn apply_flow_key_policy(&self, service: u32, key: &mut FlowKey) {
         if matches!(self.services.get(service as usize), Some(s) if !s.hash_src_port) {
-            key.src_port = 0;
+            *key = key.without_src_port();
         }
     }
 
     /// The flow key a service hashes: without the source port if the service says so.
     #[inline]
-    pub fn service_flow_key(&self, service: u32, key: FlowKey) -> FlowKey {
-        match self.services.get(service as usize) {
-            Some(s) if !s.hash_src_port => key.without_src_port(),
-            _ => key,
-        }
+    pub fn service_flow_key(&self, service: u32, mut key: FlowKey) -> FlowKey {
+        self.apply_flow_key_policy(service, &mut key);
+        key
     }
 
     /// The service and backend a new (untracked, unfragmented) flow goes to: what `fwd which`

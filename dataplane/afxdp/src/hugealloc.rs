@@ -5,8 +5,8 @@
 //! misses the TLB, and under a hypervisor a TLB miss is a two-dimensional page walk; with 2 MiB
 //! pages the whole table fits in the TLB. Most kernels ship transparent huge pages as `madvise`
 //! (only for regions that ask), so this allocator asks: every block of at least
-//! [`HUGE_THRESHOLD`] bytes gets `MADV_HUGEPAGE` over its 2 MiB-aligned interior, before the
-//! caller first touches it. Everything else is the system allocator's, unchanged.
+//! [`HUGE_THRESHOLD`] bytes gets `MADV_HUGEPAGE` ([`crate::advise_huge_pages`]) before the caller
+//! first touches it. Everything else is the system allocator's, unchanged.
 //!
 //! ```no_run
 //! #[global_allocator]
@@ -25,9 +25,13 @@ pub const HUGE_THRESHOLD: usize = 2 * HUGE_PAGE;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HugePageAlloc;
 
-/// Advises the block; failures (no THP, old kernel) change nothing but the page size.
-fn advise_huge(ptr: *mut u8, len: usize) {
-    let _ = crate::memory::advise_huge_pages(ptr as usize, len);
+/// `ptr`, after advising its block if it is a large one; failures (no THP, old kernel) change
+/// nothing but the page size.
+fn advised(ptr: *mut u8, size: usize) -> *mut u8 {
+    if !ptr.is_null() && size >= HUGE_THRESHOLD {
+        let _ = crate::memory::advise_huge_pages(ptr as usize, size);
+    }
+    ptr
 }
 
 // SAFETY: every call is forwarded to `System` with the caller's own arguments, so `System`'s
@@ -36,21 +40,13 @@ unsafe impl GlobalAlloc for HugePageAlloc {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller upholds `alloc`'s contract, which `System.alloc` shares.
-        let ptr = unsafe { System.alloc(layout) };
-        if !ptr.is_null() && layout.size() >= HUGE_THRESHOLD {
-            advise_huge(ptr, layout.size());
-        }
-        ptr
+        advised(unsafe { System.alloc(layout) }, layout.size())
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         // SAFETY: as for `alloc`.
-        let ptr = unsafe { System.alloc_zeroed(layout) };
-        if !ptr.is_null() && layout.size() >= HUGE_THRESHOLD {
-            advise_huge(ptr, layout.size());
-        }
-        ptr
+        advised(unsafe { System.alloc_zeroed(layout) }, layout.size())
     }
 
     #[inline]
@@ -62,11 +58,7 @@ unsafe impl GlobalAlloc for HugePageAlloc {
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         // SAFETY: `ptr` came from `System` with `layout`; the caller upholds the rest.
-        let new = unsafe { System.realloc(ptr, layout, new_size) };
-        if !new.is_null() && new_size >= HUGE_THRESHOLD {
-            advise_huge(new, new_size);
-        }
-        new
+        advised(unsafe { System.realloc(ptr, layout, new_size) }, new_size)
     }
 }
 

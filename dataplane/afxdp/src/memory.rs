@@ -5,10 +5,8 @@
 //! batch's table loads queue behind each other; in 2 MiB pages the whole table fits the TLB.
 //! The kernel backs an anonymous range with transparent huge pages where `madvise(MADV_HUGEPAGE)`
 //! asked for them (the default `madvise` mode of `/sys/kernel/mm/transparent_hugepage/enabled`),
-//! if the advice comes before the pages are first touched. fwd's global allocator
-//! ([`crate::HugePageAlloc`]) gives it for every large block; code that allocates outside fwd's
-//! binary (the benchmarks) calls [`advise_huge_pages`] between allocating and initialising a
-//! table's storage (`fwd_dataplane::conntrack::ConnTable::new_advised`).
+//! if the advice comes before the pages are first touched: fwd's global allocator
+//! ([`crate::HugePageAlloc`], also the pipeline benchmark's) gives it for every large block.
 
 use std::io;
 

@@ -7,6 +7,8 @@
 //! member's whole permutation (`members x M` words) and has no weights. Its lookup hashes the key
 //! itself and reduces with `%`; fwd's lookup takes the flow hash the worker already has.
 //!
+//! `fwd_with_fingerprint` adds the table fingerprint, which the build leaves to its first use.
+//!
 //! Run: `cargo bench --bench maglev -- --measurement-time 3 --warm-up-time 1`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
@@ -74,6 +76,17 @@ fn build(c: &mut Criterion) {
             group.bench_with_input(BenchmarkId::new("fwd", count), &members, |b, members| {
                 b.iter(|| MaglevTable::build(black_box(members), size).expect("valid table"))
             });
+            // The fingerprint is computed on first use, off the path that publishes a table to
+            // the workers; this row is the build plus that first use (an operator's report).
+            group.bench_with_input(
+                BenchmarkId::new("fwd_with_fingerprint", count),
+                &members,
+                |b, members| {
+                    b.iter(|| {
+                        MaglevTable::build(black_box(members), size).expect("valid table").fingerprint()
+                    })
+                },
+            );
             group.bench_with_input(BenchmarkId::new("maglev_crate", count), &keys, |b, keys| {
                 b.iter(|| Maglev::with_capacity(black_box(keys).iter().copied(), size as usize))
             });

@@ -84,7 +84,6 @@ pub struct TableChange {
     /// Slots whose backend changed.
     pub moved_slots: u32,
     pub size: u32,
-    pub fingerprint: u64,
 }
 
 /// The inputs a Maglev table is a function of; equal inputs reuse the table.
@@ -273,12 +272,7 @@ impl SnapshotBuilder {
             _ => table.slots().len() as u32,
         };
         if !fallback {
-            changes.push(TableChange {
-                service,
-                moved_slots,
-                size: table.size(),
-                fingerprint: table.fingerprint(),
-            });
+            changes.push(TableChange { service, moved_slots, size: table.size() });
         }
         let table = Arc::new(table);
         self.tables.insert(slot, BuiltTable { inputs, table: table.clone(), keys });

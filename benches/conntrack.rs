@@ -13,9 +13,11 @@
 //! Run: `cargo bench --bench conntrack -- --measurement-time 3 --warm-up-time 1`.
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fwd_afxdp::CpuPrefetch;
 use fwd_dataplane::conntrack::{ConnTable, ConnValue, Timeouts};
 use fwd_dataplane::flow::FlowKey;
 use fwd_dataplane::hash::flow_hash;
+use fwd_dataplane::prefetch::LoadPrefetch;
 use rustix::time::{clock_gettime, ClockId};
 use std::collections::HashMap;
 use std::hint::black_box;
@@ -135,10 +137,15 @@ fn lookup_hits(c: &mut Criterion, entries: usize) {
         })
     });
 
-    // The batch loop of a worker: hash the batch, optionally prefetch it, then look it up.
-    for prefetch in [false, true] {
+    // The batch loop of a worker: hash the batch, optionally prefetch it, then look it up. The
+    // prefetch is either an ordinary load (the dataplane crate's portable `LoadPrefetch`) or the
+    // CPU's prefetch instruction (`CpuPrefetch`, what fwd's workers use).
+    for (name, prefetch) in [
+        ("ConnTable", None::<fn(&ConnTable, u64)>),
+        ("ConnTable prefetch", Some(ConnTable::prefetch::<LoadPrefetch> as fn(&ConnTable, u64))),
+        ("ConnTable cpu prefetch", Some(ConnTable::prefetch::<CpuPrefetch> as fn(&ConnTable, u64))),
+    ] {
         let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
-        let name = if prefetch { "ConnTable prefetch" } else { "ConnTable" };
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 cpu_time(iters, || {
@@ -147,9 +154,9 @@ fn lookup_hits(c: &mut Criterion, entries: usize) {
                     for (h, k) in hashes.iter_mut().zip(batch) {
                         *h = flow_hash(k);
                     }
-                    if prefetch {
+                    if let Some(prefetch) = prefetch {
                         for h in &hashes {
-                            table.prefetch(*h);
+                            prefetch(&table, *h);
                         }
                     }
                     for (h, k) in hashes.iter().zip(batch) {

@@ -12,6 +12,9 @@
 //! * `io-only`: the replaying I/O with a no-op pipeline (every frame transmitted untouched), so a
 //!   case's pipeline cost net of I/O is its figure minus the `io-only` one of the same I/O, flow
 //!   count and batch;
+//! * `tcp4-ipip-loadprefetch` at 10 000 and 1 000 000 flows, batch 32: the main case with the
+//!   dataplane crate's portable prefetch (ordinary loads) instead of the CPU's prefetch
+//!   instruction that fwd's workers use (`fwd_afxdp::CpuPrefetch`, as every other case here);
 //! * `naive-l2`, `naive-ipip`: the peer, the same placement done the obvious way in the same run:
 //!   `etherparse::SlicedPacket::from_ethernet`, a std `HashMap` (SipHash) for the service and one
 //!   for the flow, then a MAC rewrite (and for ipip an outer IPv4 header built with etherparse).
@@ -29,6 +32,7 @@
 use arrayvec::ArrayVec;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use etherparse::{IpNumber, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
+use fwd_afxdp::CpuPrefetch;
 use fwd_dataplane::conntrack::Timeouts;
 use fwd_dataplane::counters::DropReason;
 use fwd_dataplane::flow::{FlowKey, L4Proto};
@@ -36,6 +40,7 @@ use fwd_dataplane::frame::{Frame, HEADROOM};
 use fwd_dataplane::io::{Batch, PacketIo, ReplayIo, Verdict, BUF_SIZE, MAX_BATCH};
 use fwd_dataplane::maglev::{BackendKey, MaglevMember, MaglevTable, DEFAULT_TABLE_SIZE};
 use fwd_dataplane::pipeline::{Worker, WorkerConfig};
+use fwd_dataplane::prefetch::{LoadPrefetch, Prefetch};
 use fwd_dataplane::snapshot::{
     Backend, BackendState, ForwardMode, FragmentPolicy, LocalInfo, Service, ServiceKey, Snapshot, SourceRange,
 };
@@ -482,7 +487,13 @@ fn slice(data: &[u8]) -> Result<Fields, Verdict> {
 
 /// Polls until every template has been through once, then checks that in a second round (almost)
 /// every packet hit the connection table and every frame was transmitted.
-fn warm_up(io: &mut dyn Replay, worker: &mut Worker, snap: &Snapshot, flows: usize, label: &str) {
+fn warm_up<P: Prefetch>(
+    io: &mut dyn Replay,
+    worker: &mut Worker<P>,
+    snap: &Snapshot,
+    flows: usize,
+    label: &str,
+) {
     let rounds = flows.div_ceil(MAX_BATCH);
     let mut process = |b: &mut Batch<'_>, v: &mut [Verdict]| worker.process_batch(snap, b, v, NOW_MS);
     for _ in 0..rounds {
@@ -511,9 +522,10 @@ fn warm_up(io: &mut dyn Replay, worker: &mut Worker, snap: &Snapshot, flows: usi
 
 /// A warmed-up worker for `templates` (connection table twice the flow count; in huge pages
 /// through the global allocator, as in fwd).
-fn warm_worker(snap: &Snapshot, frames: &[Vec<u8>], label: &str) -> Worker {
+fn warm_worker<P: Prefetch>(snap: &Snapshot, frames: &[Vec<u8>], label: &str) -> Worker<P> {
     let before = fwd_afxdp::memory::anon_huge_page_bytes().unwrap_or(0);
-    let mut worker = Worker::new(WorkerConfig { conn_capacity: 2 * frames.len(), timeouts: TIMEOUTS });
+    let mut worker =
+        Worker::with_prefetch(WorkerConfig { conn_capacity: 2 * frames.len(), timeouts: TIMEOUTS });
     let after = fwd_afxdp::memory::anon_huge_page_bytes().unwrap_or(0);
     eprintln!(
         "{label}: connection table {} MiB, {} MiB of it in huge pages",
@@ -526,11 +538,11 @@ fn warm_worker(snap: &Snapshot, frames: &[Vec<u8>], label: &str) -> Worker {
 }
 
 /// Benches the pipeline at `batch` through `io`, checking afterwards that nothing was dropped.
-fn bench_pipeline(
+fn bench_pipeline<P: Prefetch>(
     c: &mut Criterion,
     id: &str,
     io: &mut dyn Replay,
-    worker: &mut Worker,
+    worker: &mut Worker<P>,
     snap: &Snapshot,
     batch: usize,
 ) {
@@ -598,7 +610,7 @@ fn benches(c: &mut Criterion) {
     for flows in FLOW_COUNTS {
         let frames = templates(Traffic::Tcp4, &[main_vip], flows);
         let label = format!("tcp4-ipip/f{flows}");
-        let mut worker = warm_worker(&snap, &frames, &label);
+        let mut worker = warm_worker::<CpuPrefetch>(&snap, &frames, &label);
         let mut compact = CompactReplay::new(&frames);
         let mut replay =
             (flows <= REPLAY_IO_MAX_FLOWS).then(|| ReplayIo::new(&frames).expect("templates fit"));
@@ -611,6 +623,12 @@ fn benches(c: &mut Criterion) {
             }
         }
         if flows >= 10_000 {
+            // The same worker with the dataplane crate's portable prefetch (ordinary loads).
+            drop(worker);
+            let label = format!("tcp4-ipip-loadprefetch/f{flows}");
+            let mut loads = warm_worker::<LoadPrefetch>(&snap, &frames, &label);
+            bench_pipeline(c, &label, &mut compact, &mut loads, &snap, 32);
+            drop(loads);
             let mut naive = Naive::new(&snap, flows, true);
             bench_naive(c, &format!("naive-ipip/f{flows}"), &mut compact, &mut naive, 32);
             if let Some(replay) = replay.as_mut() {
@@ -632,7 +650,7 @@ fn benches(c: &mut Criterion) {
     ] {
         let frames = templates(traffic, &[vip_of(traffic, mode)], flows);
         let label = format!("{}-{}/f{flows}", traffic.name(), mode.name());
-        let mut worker = warm_worker(&snap, &frames, &label);
+        let mut worker = warm_worker::<CpuPrefetch>(&snap, &frames, &label);
         let mut replay = ReplayIo::new(&frames).expect("templates fit");
         bench_pipeline(c, &label, &mut replay, &mut worker, &snap, 32);
         if (traffic, mode) == (Traffic::Tcp4, ForwardMode::L2) {
@@ -647,7 +665,7 @@ fn benches(c: &mut Criterion) {
     for flows in [10_000, 1_000_000] {
         let frames = templates(Traffic::Tcp4, &vips, flows);
         let label = format!("svc100x100-tcp4-ipip/f{flows}");
-        let mut worker = warm_worker(&many, &frames, &label);
+        let mut worker = warm_worker::<CpuPrefetch>(&many, &frames, &label);
         if flows <= REPLAY_IO_MAX_FLOWS {
             let mut replay = ReplayIo::new(&frames).expect("templates fit");
             bench_pipeline(c, &label, &mut replay, &mut worker, &many, 32);

@@ -38,7 +38,7 @@
 //! hit anyway.
 
 use crate::flow::FlowKey;
-use std::hint::black_box;
+use crate::prefetch::Prefetch;
 
 /// What the table remembers about a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,7 +216,7 @@ impl ConnTable {
     /// the packet) moves the entry to the closing state on FIN or RST, and a SYN without ACK on a
     /// closing entry (a new connection reusing the ports) removes it and returns `None`. Expired
     /// entries found here are removed and miss.
-    #[inline]
+    #[inline(always)]
     pub fn lookup(
         &mut self,
         key: &FlowKey,
@@ -444,38 +444,32 @@ impl ConnTable {
         self.stats
     }
 
-    /// Starts loading the flow's bucket into the cache, so that its lookup a few packets later
-    /// does not wait for memory. Call it for a whole batch of hashes before looking them up.
+    /// Starts loading the flow's bucket header line into the cache, so that its lookup a few
+    /// packets later does not wait for memory. Call it for a whole batch of hashes before looking
+    /// them up. The header line shares its page with the entries, so the TLB entry comes along.
     ///
-    /// Stable Rust has no safe prefetch instruction: `_mm_prefetch` is a `#[target_feature]`
-    /// function, which needs `unsafe` to call from code not compiled for that feature even though
-    /// SSE is baseline on x86_64, and `core::hint::prefetch_read` is unstable. So this issues an
-    /// ordinary load of the bucket's header line and discards the value; the out-of-order core
-    /// goes on with the next packets while the line (and the page's TLB entry, which the entries
-    /// share) arrives, which overlaps the misses of a batch much like a prefetch. Measured with
-    /// batches of 32 (`benches/conntrack.rs`): at 1 000 000 entries 20-25% less time per packet
-    /// than without it, and within 10% of what `_mm_prefetch` gave in an unsafe copy of this
-    /// table; at 10 000 entries (cache-resident) it changes little. Loading all seven lines of the
-    /// bucket instead gained another 10% at 1 000 000 entries but cost 10% at 10 000, so only the
-    /// header line is touched.
+    /// Measured with batches of 32 (`benches/conntrack.rs`), with [`LoadPrefetch`] (an ordinary
+    /// load): at 1 000 000 entries 20-25% less time per packet than without it; at 10 000 entries
+    /// (cache-resident) it changes little. Loading all seven lines of the bucket instead gained
+    /// another 10% at 1 000 000 entries but cost 10% at 10 000, so only the header line is touched.
     #[inline]
-    pub fn prefetch(&self, hash: u64) {
+    pub fn prefetch<P: Prefetch>(&self, hash: u64) {
         if let Some(bucket) = self.buckets.get(self.bucket_index(hash)) {
-            black_box(bucket.header.words[0]);
+            P::prefetch(&bucket.header.words[0]);
         }
     }
 
-    /// The second step of [`ConnTable::prefetch`]: loads the entry line of the slot whose
+    /// The second step of [`ConnTable::prefetch`]: starts loading the entry line of the slot whose
     /// signature matches the flow's (the one a hit will read), found through the header line
     /// that `prefetch` loaded. Call it for the batch after `prefetch` and before the lookups:
     /// otherwise each hit at a million flows waits for its entry line in turn.
     #[inline]
-    pub fn prefetch_entry(&self, hash: u64) {
+    pub fn prefetch_entry<P: Prefetch>(&self, hash: u64) {
         if let Some(bucket) = self.buckets.get(self.bucket_index(hash)) {
             // No candidate: slot 0, a harmless load.
             let slot = signature_matches(&bucket.header, signature(hash)).trailing_zeros() as usize % WAYS;
             if let Some(entry) = bucket.entries.get(slot) {
-                black_box(entry.key.proto);
+                P::prefetch(&entry.key.proto);
             }
         }
     }
@@ -501,6 +495,7 @@ impl ConnTable {
 mod tests {
     use super::*;
     use crate::hash::flow_hash;
+    use crate::prefetch::LoadPrefetch;
     use proptest::prelude::*;
     use std::collections::{HashMap, HashSet};
 
@@ -547,9 +542,9 @@ mod tests {
         let mut t = table();
         let a = tcp(40_000);
         t.insert(&a, flow_hash(&a), value(1), 0, None);
-        t.prefetch(flow_hash(&a));
-        t.prefetch_entry(flow_hash(&a));
-        t.prefetch_entry(flow_hash(&tcp(40_001)));
+        t.prefetch::<LoadPrefetch>(flow_hash(&a));
+        t.prefetch_entry::<LoadPrefetch>(flow_hash(&a));
+        t.prefetch_entry::<LoadPrefetch>(flow_hash(&tcp(40_001)));
         assert_eq!(t.lookup(&a, flow_hash(&a), 1, None), Some(value(1)));
     }
 
@@ -832,7 +827,7 @@ mod tests {
         let mut t = ConnTable::new(1, TIMEOUTS);
         let k = tcp(13);
         for h in [0, 1, 3, u64::MAX, 0xffff_ffff, 0xffff_ffff_0000_0000, 0x8000_0000_0000_0003] {
-            t.prefetch(h);
+            t.prefetch::<LoadPrefetch>(h);
             t.insert(&k, h, value(1), 0, Some(0xff));
             assert_eq!(t.lookup(&k, h, 0, None), Some(value(1)));
             assert!(t.remove(&k, h));

@@ -16,5 +16,6 @@ pub mod io;
 pub mod maglev;
 pub mod parse;
 pub mod pipeline;
+pub mod prefetch;
 pub mod rewrite;
 pub mod snapshot;

@@ -22,6 +22,8 @@
 //!    backend is still in the service and not down (drained backends keep their flows); otherwise
 //!    the Maglev table (or the fallback's, if no backend is up) picks one and the flow is tracked.
 
+use std::marker::PhantomData;
+
 use crate::conntrack::{ConnTable, ConnValue, Timeouts};
 use crate::counters::{DropReason, WorkerCounters};
 use crate::flow::FlowKey;
@@ -30,6 +32,7 @@ use crate::hash::flow_hash;
 use crate::icmp;
 use crate::io::{Batch, Verdict, MAX_BATCH};
 use crate::parse::{parse, parse_common_into, CommonFacts, L4Meta, ParsedFrame};
+use crate::prefetch::{LoadPrefetch, Prefetch};
 use crate::rewrite::{encap_gue, encap_ipip, encap_overhead, rewrite_l2, Macs, Tunnel};
 use crate::snapshot::{BackendIdx, ForwardMode, FragmentPolicy, Snapshot, VipMatch};
 
@@ -155,9 +158,10 @@ struct Slot {
     backend: BackendIdx,
 }
 
-/// One worker's pipeline and state.
+/// One worker's pipeline and state. `P` is how it prefetches connection-table lines: the
+/// portable [`LoadPrefetch`] unless the owner has the CPU's instruction (see [`crate::prefetch`]).
 #[derive(Debug)]
-pub struct Worker {
+pub struct Worker<P = LoadPrefetch> {
     conns: ConnTable,
     counters: WorkerCounters,
     backend_counters: Vec<BackendCounters>,
@@ -165,11 +169,19 @@ pub struct Worker {
     icmp_budget: IcmpBudget,
     /// The batch in flight, one slot per frame.
     slots: Box<[Slot; MAX_BATCH]>,
+    prefetch: PhantomData<P>,
 }
 
 impl Worker {
-    /// Allocates the connection table and counters: everything the worker will ever need.
+    /// A worker that prefetches with ordinary loads ([`LoadPrefetch`]).
     pub fn new(config: WorkerConfig) -> Self {
+        Worker::with_prefetch(config)
+    }
+}
+
+impl<P: Prefetch> Worker<P> {
+    /// Allocates the connection table and counters: everything the worker will ever need.
+    pub fn with_prefetch(config: WorkerConfig) -> Self {
         Worker {
             conns: ConnTable::new(config.conn_capacity.max(1), config.timeouts),
             counters: WorkerCounters::default(),
@@ -177,6 +189,7 @@ impl Worker {
             census: FlowCensus::default(),
             icmp_budget: IcmpBudget { tokens: 0, last_refill_ms: 0, primed: false },
             slots: Box::new([Slot::default(); MAX_BATCH]),
+            prefetch: PhantomData,
         }
     }
 
@@ -270,7 +283,7 @@ impl Worker {
         // the time per packet.
         for slot in slots.iter() {
             if matches!(slot.todo, Todo::Forward | Todo::Follow) {
-                self.conns.prefetch(slot.hash);
+                self.conns.prefetch::<P>(slot.hash);
             }
         }
         // Then the entry line a hit reads, found through the header line just loaded: in a table
@@ -278,7 +291,7 @@ impl Worker {
         if self.conns.outgrows_cache() {
             for slot in slots.iter() {
                 if matches!(slot.todo, Todo::Forward | Todo::Follow) {
-                    self.conns.prefetch_entry(slot.hash);
+                    self.conns.prefetch_entry::<P>(slot.hash);
                 }
             }
         }

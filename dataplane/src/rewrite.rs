@@ -97,7 +97,7 @@ pub const fn ipv6_flow_label(flow_hash: u64) -> u32 {
 
 /// l2 (LVS-DR): destination MAC := macs.dst, source MAC := macs.src, nothing else changes.
 /// Err(Truncated) if < 14 bytes.
-#[inline]
+#[inline(always)]
 pub fn rewrite_l2(frame: &mut Frame<'_>, macs: Macs) -> Result<(), DropReason> {
     let ethernet = frame.data_mut().first_chunk_mut::<ETHERNET_HEADER_LEN>().ok_or(DropReason::Truncated)?;
     write_macs(ethernet, macs);
@@ -118,7 +118,7 @@ pub fn rewrite_l2(frame: &mut Frame<'_>, macs: Macs) -> Result<(), DropReason> {
 /// `Malformed` if `l3_offset` is not 14, 18 or 22, `inner_len` disagrees with the inner header's
 /// length field or version, or the tunnel mixes families; `TooBig` if the outer length field
 /// would overflow; `NoHeadroom` if `frame.headroom()` is below the overhead.
-#[inline]
+#[inline(always)]
 pub fn encap_ipip(
     frame: &mut Frame<'_>,
     l3_offset: usize,
@@ -140,7 +140,7 @@ pub fn encap_ipip(
 /// UDP: source port [`gue_source_port`]`(flow_hash)`, destination port `gue_port`, checksum 0
 /// over IPv4 (allowed by RFC 768), computed over IPv6 ([`Ipv6UdpChecksum::Compute`]; see
 /// [`encap_gue_with_checksum`] to send zero).
-#[inline]
+#[inline(always)]
 #[allow(clippy::too_many_arguments)] // the pipeline's fixed API: plain values, no per-packet struct
 pub fn encap_gue(
     frame: &mut Frame<'_>,

@@ -7,6 +7,8 @@
 //!   [`fwd_dataplane::io::PacketIo`], so the pipeline sees batches of [`fwd_dataplane::frame::Frame`]s.
 //!   A port can also set frames aside for traffic it generates ([`Port::transmit`]) and show
 //!   received frames read-only ([`Port::receive_each`]): the two halves of a traffic generator.
+//! - [`CpuPrefetch`] is the CPU's prefetch instruction for the pipeline's connection-table
+//!   lookups (the dataplane crate, which forbids `unsafe`, can only issue ordinary loads).
 //! - [`HugePageAlloc`] is a global allocator that backs large blocks (a worker's connection
 //!   table) with transparent huge pages.
 //! - [`PacketSocket`] is an AF_PACKET socket with the same transmit/receive shape, the fallback
@@ -32,6 +34,7 @@ pub mod hugealloc;
 pub mod memory;
 pub mod packet;
 pub mod port;
+pub mod prefetch;
 pub mod program;
 mod sys;
 #[cfg(test)]
@@ -41,6 +44,7 @@ pub use hugealloc::HugePageAlloc;
 pub use memory::advise_huge_pages;
 pub use packet::{PacketConfig, PacketError, PacketSocket, PacketStats};
 pub use port::{BindMode, BoundMode, KernelStats, Port, PortConfig, PortError, PortStats};
+pub use prefetch::CpuPrefetch;
 pub use program::{
     AttachMode, AttachReport, AttachedMode, ProgramError, RemovedProgram, VipSync, XdpCounters, XdpProgram,
     MAX_QUEUES, MAX_VIPS,

@@ -25,6 +25,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With the `testnet` feature (off by default; fwd-control's and fwd-pktgen's dev-dependencies turn
+//! it on) the `testnet` module, the network namespaces of every root-only test, is public too.
+//!
 //! This is the only crate of the workspace with `unsafe` code: every block says why it is sound.
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -34,8 +37,8 @@ pub mod packet;
 pub mod port;
 pub mod program;
 mod sys;
-#[cfg(test)]
-mod testnet;
+#[cfg(any(test, feature = "testnet"))]
+pub mod testnet;
 
 pub use hugealloc::HugePageAlloc;
 pub use memory::advise_huge_pages;

@@ -1,21 +1,26 @@
-//! Test helper: network namespaces joined by veth links, each with its own FRR (zebra + bgpd),
-//! as measured in `notes/frr.md`. Everything it creates is undone by `Drop`, also when a test
-//! panics: daemons are killed through their pid files (after checking that the pid still runs
-//! that daemon of that instance), then the namespace is deleted.
+//! Test helper: FRR (zebra + bgpd) in network namespaces, as measured in `notes/frr.md`. The
+//! namespaces and the veth links between them are `fwd_afxdp::testnet`'s (`Netns`, `veth`).
+//! Everything is undone by `Drop`, also when a test panics: daemons are killed through their pid
+//! files (after checking that the pid still runs that daemon of that instance), then the namespace
+//! is deleted.
 //!
 //! Declare the namespaces first and the [`Frr`] instances after them, so the daemons stop before
 //! their namespace goes (locals drop in reverse order).
 //!
 //! ```text
-//! let box_ns = Netns::new("ecmp-box1");          // fwdtest-ecmp-box1-<pid>
+//! let box_ns = Netns::new("ecmp-box1");          // fwdtest-<pid>-<n>-ecmp-box1
 //! let router = Netns::new("ecmp-rtr");
-//! link(&box_ns, "eth0", "198.18.0.1/24 fd00:18::1/64", &router, "eth1", "198.18.0.2/24 fd00:18::2/64");
+//! veth(
+//!     VethEnd { netns: &box_ns, ifname: "eth0", mac: None, addresses: &["198.18.0.1/24", "fd00:18::1/64"] },
+//!     VethEnd { netns: &router, ifname: "eth1", mac: None, addresses: &["198.18.0.2/24", "fd00:18::2/64"] },
+//! );
 //! let box_frr = Frr::start(&box_ns, "router bgp 65001\n ...");
 //! let rtr_frr = Frr::start(&router, "router bgp 65000\n ...");
 //! rtr_frr.wait_established(&["198.18.0.1"], Duration::from_secs(15));
 //! box_frr.dir()                                   // --vty_socket for fwd's [bgp]
 //! ```
 
+use fwd_afxdp::testnet::{run, Netns};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -42,74 +47,10 @@ pub(crate) fn output(program: &str, args: &[&str]) -> Output {
     Command::new(program).args(args).output().unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }
 
-/// Runs a command that must succeed; returns its stdout.
-pub(crate) fn run(program: &str, args: &[&str]) -> String {
-    let out = output(program, args);
-    assert!(
-        out.status.success(),
-        "{program} {} failed ({}): {}{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// A network namespace named `fwdtest-<tag>-<pid>`, with `lo` up; deleted on drop.
-#[derive(Debug)]
-pub(crate) struct Netns {
-    pub(crate) name: String,
-}
-
-impl Netns {
-    pub(crate) fn new(tag: &str) -> Netns {
-        let name = format!("fwdtest-{tag}-{}", std::process::id());
-        // Left over by an earlier run of this pid that was killed: start clean.
-        let _ = output("ip", &["netns", "del", &name]);
-        run("ip", &["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
-    }
-
-    /// `ip -n NAME ARGS...`, which must succeed.
-    pub(crate) fn ip(&self, args: &[&str]) -> String {
-        let mut all = vec!["-n", &self.name];
-        all.extend_from_slice(args);
-        run("ip", &all)
-    }
-
-    /// The kernel's routes for exactly `prefix` (`ip route show PREFIX`), one line each.
-    pub(crate) fn routes(&self, prefix: &str) -> Vec<String> {
-        let family = if prefix.contains(':') { "-6" } else { "-4" };
-        self.ip(&[family, "route", "show", prefix]).lines().map(|l| l.trim().to_string()).collect()
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = output("ip", &["netns", "del", &self.name]);
-    }
-}
-
-/// Joins two namespaces with a veth pair, brings both ends up and adds the addresses (a space
-/// separated list; IPv6 ones without duplicate address detection, which would delay them).
-pub(crate) fn link(a: &Netns, a_if: &str, a_addrs: &str, b: &Netns, b_if: &str, b_addrs: &str) {
-    run(
-        "ip",
-        &["link", "add", a_if, "netns", &a.name, "type", "veth", "peer", "name", b_if, "netns", &b.name],
-    );
-    for (ns, ifname, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
-        for addr in addrs.split_whitespace() {
-            if addr.contains(':') {
-                ns.ip(&["-6", "addr", "add", addr, "dev", ifname, "nodad"]);
-            } else {
-                ns.ip(&["addr", "add", addr, "dev", ifname]);
-            }
-        }
-        ns.ip(&["link", "set", ifname, "up"]);
-    }
+/// The kernel's routes in `netns` for exactly `prefix` (`ip route show PREFIX`), one line each.
+pub(crate) fn routes(netns: &Netns, prefix: &str) -> Vec<String> {
+    let family = if prefix.contains(':') { "-6" } else { "-4" };
+    netns.ip(&[family, "route", "show", prefix]).lines().map(|l| l.trim().to_string()).collect()
 }
 
 /// One FRR instance (zebra + bgpd) in a namespace, with its own directory for sockets, pid files,
@@ -125,12 +66,12 @@ impl Frr {
     /// deployment's frr.conf, so a restarted bgpd has the base configuration but none of the
     /// runtime changes.
     pub(crate) fn start(ns: &Netns, bgpd_conf: &str) -> Frr {
-        let dir = std::env::temp_dir().join(format!("{}-frr", ns.name));
+        let dir = std::env::temp_dir().join(format!("{}-frr", ns.name()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("bgpd.conf"), bgpd_conf).unwrap();
         run("chown", &["-R", "frr:frr", &dir.display().to_string()]);
-        let frr = Frr { ns: ns.name.clone(), dir };
+        let frr = Frr { ns: ns.name().to_string(), dir };
         frr.start_daemon(Daemon::Zebra);
         frr.start_daemon(Daemon::Bgpd);
         frr

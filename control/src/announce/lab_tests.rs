@@ -1,10 +1,11 @@
 //! The announcer against real FRR 8.4 daemons in network namespaces (needs root, zebra and bgpd
 //! under /usr/lib/frr, and vtysh).
 
-use super::frr_lab::{link, Daemon, Frr, Netns};
+use super::frr_lab::{routes, Daemon, Frr};
 use super::tests::{bgp_config, wait_for};
 use super::{Announcer, AnnouncerStatus};
 use crate::config::{BgpConfig, IpPrefix};
+use fwd_afxdp::testnet::{veth, Netns, VethEnd};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -131,7 +132,15 @@ fn announcer_keeps_a_real_frr_in_line() {
 fn a_peer_router_learns_and_forgets_the_vip() {
     let box_ns = Netns::new("bgpbox");
     let router_ns = Netns::new("bgprtr");
-    link(&box_ns, "eth0", "198.18.0.1/24 fd00:18::1/64", &router_ns, "eth0", "198.18.0.2/24 fd00:18::2/64");
+    veth(
+        VethEnd { netns: &box_ns, ifname: "eth0", mac: None, addresses: &["198.18.0.1/24", "fd00:18::1/64"] },
+        VethEnd {
+            netns: &router_ns,
+            ifname: "eth0",
+            mac: None,
+            addresses: &["198.18.0.2/24", "fd00:18::2/64"],
+        },
+    );
     let session = |me: &str, asn: u32, peer_v4: &str, peer_v6: &str, peer_as: u32| {
         format!(
             "router bgp {asn}\n bgp router-id {me}\n no bgp ebgp-requires-policy\n no bgp network import-check\n \
@@ -156,7 +165,7 @@ fn a_peer_router_learns_and_forgets_the_vip() {
     // A running announcer has read FRR long before a VIP changes.
     wait_for(&announcer, Duration::from_secs(5), "first read", |s| s.frr.reachable == Some(true));
     let (v4, v6) = ("198.18.100.1/32", "fd00:18:100::1/128");
-    let routes = |p: &str| router_ns.routes(p);
+    let routes = |p: &str| routes(&router_ns, p);
     assert!(routes(v4).is_empty() && routes(v6).is_empty());
 
     // Time from the call to the router's kernel route, per family.

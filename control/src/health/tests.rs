@@ -1,7 +1,7 @@
-//! The checker against real servers in a network namespace of each test's own ([`Netns`]), plus
+//! The checker against real servers in a network namespace of each test's own ([`testnet::netns`]), plus
 //! the pure pieces (state machine, phase, interval statistics) on their own.
 
-use super::testnet::{Netns, V4, V6};
+use super::testnet::{self, V4, V6};
 use super::*;
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -353,7 +353,7 @@ fn event_queue_is_bounded_and_stale_probes_are_ignored() {
 
 #[test]
 fn tcp_checks_up_and_refused() {
-    let netns = Netns::new();
+    let netns = testnet::netns();
     netns.run(|| {
         let _listeners = [Servers::listen(V4, 8001), Servers::listen(V6, 8001)];
         let targets = [
@@ -389,7 +389,7 @@ fn tcp_checks_up_and_refused() {
 
 #[test]
 fn http_checks_status_and_body() {
-    let netns = Netns::new();
+    let netns = testnet::netns();
     netns.run(|| {
         let servers = Servers::start();
         let ok = servers.http(V4, 8080, vec![http_response(200, "all ok")]);
@@ -436,7 +436,7 @@ fn http_checks_status_and_body() {
 
 #[test]
 fn hung_http_server_times_out_while_other_targets_stay_on_time() {
-    let netns = Netns::new();
+    let netns = testnet::netns();
     netns.run(|| {
         let servers = Servers::start();
         servers.hang(V4, 8090);
@@ -475,7 +475,7 @@ fn hung_http_server_times_out_while_other_targets_stay_on_time() {
 
 #[test]
 fn udp_checks_echo_refused_and_silence() {
-    let netns = Netns::new();
+    let netns = testnet::netns();
     netns.run(|| {
         let servers = Servers::start();
         servers.udp(V4, 5353, true);
@@ -570,7 +570,7 @@ fn dropping_the_checker_kills_running_exec_checks() {
 
 #[test]
 fn rise_and_fall_count_probes_exactly() {
-    let netns = Netns::new();
+    let netns = testnet::netns();
     netns.run(|| {
         let servers = Servers::start();
         let (ok, failing) = (http_response(200, "ok"), http_response(503, ""));
@@ -620,7 +620,7 @@ fn rise_and_fall_count_probes_exactly() {
 
 #[test]
 fn duplicate_targets_run_once() {
-    let netns = Netns::new();
+    let netns = testnet::netns();
     netns.run(|| {
         let servers = Servers::start();
         let accepted = servers.tcp(V4, 8001);
@@ -643,7 +643,7 @@ fn duplicate_targets_run_once() {
 
 #[test]
 fn set_targets_keeps_unchanged_targets_and_stops_removed_ones() {
-    let netns = Netns::new();
+    let netns = testnet::netns();
     netns.run(|| {
         let servers = Servers::start();
         let (seen_a, seen_b, seen_c) = (servers.tcp(V4, 8001), servers.tcp(V4, 8002), servers.tcp(V4, 8003));
@@ -733,7 +733,7 @@ fn warm_and_end(
 #[test]
 fn five_hundred_targets_at_one_second_do_not_drift() {
     let _one_at_a_time = TIMING.lock().unwrap_or_else(PoisonError::into_inner);
-    let netns = Netns::new();
+    let netns = testnet::netns();
     netns.run(|| {
         let listeners: Vec<TcpListener> = (20000..20500).map(|port| Servers::listen(V4, port)).collect();
         let targets: Vec<CheckTarget> = (20000..20500).map(|port| tcp(V4, port, 1000, 500)).collect();
@@ -752,7 +752,7 @@ fn five_hundred_targets_at_one_second_do_not_drift() {
 #[test]
 fn a_hundred_hung_targets_do_not_delay_four_hundred_others() {
     let _one_at_a_time = TIMING.lock().unwrap_or_else(PoisonError::into_inner);
-    let netns = Netns::new();
+    let netns = testnet::netns();
     netns.run(|| {
         let servers = Servers::start();
         let listeners: Vec<TcpListener> = (21000..21400).map(|port| Servers::listen(V4, port)).collect();

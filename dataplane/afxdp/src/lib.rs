@@ -27,6 +27,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! With the `testnet` feature (off by default; fwd-control's and fwd-pktgen's dev-dependencies turn
+//! it on) the `testnet` module, the network namespaces of every root-only test, is public too.
+//!
 //! This is the only crate of the workspace with `unsafe` code: every block says why it is sound.
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -37,8 +40,8 @@ pub mod port;
 pub mod prefetch;
 pub mod program;
 mod sys;
-#[cfg(test)]
-mod testnet;
+#[cfg(any(test, feature = "testnet"))]
+pub mod testnet;
 
 pub use hugealloc::HugePageAlloc;
 pub use memory::advise_huge_pages;

@@ -1118,7 +1118,7 @@ unsafe fn tx_slot(ring: *mut xdp::xsk_ring_prod, idx: u32) -> *mut xdp::xdp_desc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testnet::{self, NetnsPair, A_V4, A_V6, IFACE, VIP_V4, VIP_V6};
+    use crate::testnet::{self, Netns, NetnsPair, A_V4, A_V6, IFACE, VIP_V4, VIP_V6};
     use crate::{AttachMode, XdpProgram};
     use std::net::{IpAddr, UdpSocket};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -1198,8 +1198,8 @@ mod tests {
     /// In namespace `ns`: attaches the program, opens a port on queue 0, and bounces UDP to the
     /// VIPs until `stop` (or a minute, whichever is first). Every other frame is moved `SHIFT`
     /// bytes into its headroom before it is sent, as an encapsulation would.
-    fn bounce(ns: &str, setup: Setup, ready: mpsc::Sender<()>, stop: &AtomicBool) -> BounceRun {
-        testnet::enter(ns);
+    fn bounce(ns: &Netns, setup: Setup, ready: mpsc::Sender<()>, stop: &AtomicBool) -> BounceRun {
+        ns.enter();
         let mut program = XdpProgram::load().unwrap();
         let attached = program.attach(IFACE, setup.xdp_mode).unwrap().mode;
         let config = PortConfig { frame_count: 256, need_wakeup: setup.need_wakeup, ..PortConfig::default() };
@@ -1277,12 +1277,9 @@ mod tests {
             let (v4, v6) = NetnsPair::run_in(&net.b, || (echo_count(VIP_V4), echo_count(VIP_V6)));
             // The kernel still owns everything that is not a VIP: ARP and ND resolve (the cache
             // is flushed first) and the box's own addresses answer pings.
-            testnet::run("ip", &["-n", &net.b, "neigh", "flush", "dev", IFACE]);
+            net.b.ip(&["neigh", "flush", "dev", IFACE]);
             for (family, address) in [("-4", A_V4), ("-6", A_V6)] {
-                testnet::run(
-                    "ip",
-                    &["netns", "exec", &net.b, "ping", family, "-c", "2", "-i", "0.2", "-W", "2", address],
-                );
+                net.b.exec("ping", &[family, "-c", "2", "-i", "0.2", "-W", "2", address]);
             }
             stop.store(true, Ordering::Relaxed);
             (v4, v6, fwd.join().expect("bounce thread"))
@@ -1318,7 +1315,7 @@ mod tests {
         let (batch_len, stats) = std::thread::scope(|scope| {
             let net = &net;
             let fwd = scope.spawn(move || {
-                testnet::enter(&net.a);
+                net.a.enter();
                 let mut program = XdpProgram::load().unwrap();
                 program.attach(IFACE, AttachMode::Auto).unwrap();
                 let config = PortConfig { frame_count: 256, ..PortConfig::default() };
@@ -1337,7 +1334,7 @@ mod tests {
             });
             ready_rx.recv_timeout(Duration::from_secs(30)).expect("the port side did not start");
             // Resolve ARP first, so that every datagram is on the RX ring when `send` returns.
-            testnet::run("ip", &["netns", "exec", &net.b, "ping", "-c", "1", "-W", "2", A_V4]);
+            net.b.exec("ping", &["-c", "1", "-W", "2", A_V4]);
             NetnsPair::run_in(&net.b, || {
                 let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
                 for i in 0..SENT {

@@ -577,7 +577,8 @@ mod tests {
     //! command line; the parent checks what arrived.
 
     use super::*;
-    use crate::testnet::{child_args, run_child, spawn_child, Testnet, IFACE, MAC_A, MAC_B};
+    use crate::testnet::{child_args, run_child, rx_packets, sink_ready, spawn_child};
+    use fwd_afxdp::testnet::{NetnsPair, IFACE, MAC_A, MAC_B};
     use std::time::Instant;
 
     /// In a child: runs fwd-pktgen with the arguments the parent passed and returns true.
@@ -602,8 +603,8 @@ mod tests {
             return;
         }
         const RATE: f64 = 20_000.0;
-        let net = Testnet::new();
-        let before = net.rx_packets(&net.b);
+        let net = NetnsPair::new();
+        let before = rx_packets(&net.b);
         let report = run_child(
             &net.a,
             RATE_TEST,
@@ -629,7 +630,7 @@ mod tests {
         );
         // Let the last frames land.
         std::thread::sleep(Duration::from_millis(200));
-        let arrived = (net.rx_packets(&net.b) - before) as f64;
+        let arrived = (rx_packets(&net.b) - before) as f64;
         let sent = report["sent"]["packets"].as_f64().unwrap();
         let seconds = report["sent"]["seconds"].as_f64().unwrap();
         assert!((0.98..1.1).contains(&seconds), "sent for {seconds} s: {report}");
@@ -647,7 +648,7 @@ mod tests {
             return;
         }
         for io in ["xdp", "packet"] {
-            let net = Testnet::new();
+            let net = NetnsPair::new();
             let sink = spawn_child(
                 &net.b,
                 SINK_TEST,
@@ -668,7 +669,7 @@ mod tests {
             );
             // Wait until the sink listens: its XDP program is attached, or its socket open.
             let deadline = Instant::now() + Duration::from_secs(20);
-            while !net.sink_ready(&net.b, io == "xdp") {
+            while !sink_ready(&net.b, io == "xdp") {
                 assert!(Instant::now() < deadline, "the sink did not start");
                 std::thread::sleep(Duration::from_millis(50));
             }

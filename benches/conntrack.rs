@@ -12,16 +12,17 @@
 //!
 //! Run: `cargo bench --bench conntrack -- --measurement-time 3 --warm-up-time 1`.
 
+mod common;
+use common::cpu_time;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fwd_afxdp::CpuPrefetch;
 use fwd_dataplane::conntrack::{ConnTable, ConnValue, Timeouts};
 use fwd_dataplane::flow::FlowKey;
 use fwd_dataplane::hash::flow_hash;
 use fwd_dataplane::prefetch::LoadPrefetch;
-use rustix::time::{clock_gettime, ClockId};
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::time::Duration;
 
 const BATCH: usize = 32;
 
@@ -68,17 +69,6 @@ fn make_keys(first: usize, count: usize, rng: &mut SplitMix) -> Vec<FlowKey> {
         .collect();
     rng.shuffle(&mut keys);
     keys
-}
-
-/// Runs `routine` `iters` times and returns the CPU time this thread spent doing it.
-fn cpu_time(iters: u64, mut routine: impl FnMut()) -> Duration {
-    let start = clock_gettime(ClockId::ThreadCPUTime);
-    for _ in 0..iters {
-        routine();
-    }
-    let end = clock_gettime(ClockId::ThreadCPUTime);
-    let ns = (end.tv_sec - start.tv_sec) * 1_000_000_000 + (end.tv_nsec - start.tv_nsec);
-    Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
 }
 
 fn value_of(i: usize) -> ConnValue {

@@ -7,9 +7,13 @@
 //! member's whole permutation (`members x M` words) and has no weights. Its lookup hashes the key
 //! itself and reduces with `%`; fwd's lookup takes the flow hash the worker already has.
 //!
-//! `fwd_with_fingerprint` adds the table fingerprint, which the build leaves to its first use.
+//! Build times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), as in the other
+//! benches: the build machines are shared. `fwd_with_fingerprint` adds the table fingerprint, which the build leaves to its first use.
 //!
 //! Run: `cargo bench --bench maglev -- --measurement-time 3 --warm-up-time 1`.
+
+mod common;
+use common::cpu_time;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use fwd_dataplane::flow::FlowKey;
@@ -73,8 +77,13 @@ fn build(c: &mut Criterion) {
         for count in BACKEND_COUNTS {
             let keys = backend_keys(count);
             let members = equal_members(&keys);
+            // Each iteration allocates, builds and frees its table, in the thread's CPU time.
             group.bench_with_input(BenchmarkId::new("fwd", count), &members, |b, members| {
-                b.iter(|| MaglevTable::build(black_box(members), size).expect("valid table"))
+                b.iter_custom(|iters| {
+                    cpu_time(iters, || {
+                        black_box(MaglevTable::build(black_box(members), size).expect("valid table"));
+                    })
+                })
             });
             // The fingerprint is computed on first use, off the path that publishes a table to
             // the workers; this row is the build plus that first use (an operator's report).
@@ -82,13 +91,20 @@ fn build(c: &mut Criterion) {
                 BenchmarkId::new("fwd_with_fingerprint", count),
                 &members,
                 |b, members| {
-                    b.iter(|| {
-                        MaglevTable::build(black_box(members), size).expect("valid table").fingerprint()
+                    b.iter_custom(|iters| {
+                        cpu_time(iters, || {
+                            let table = MaglevTable::build(black_box(members), size).expect("valid table");
+                            black_box(table.fingerprint());
+                        })
                     })
                 },
             );
             group.bench_with_input(BenchmarkId::new("maglev_crate", count), &keys, |b, keys| {
-                b.iter(|| Maglev::with_capacity(black_box(keys).iter().copied(), size as usize))
+                b.iter_custom(|iters| {
+                    cpu_time(iters, || {
+                        black_box(Maglev::with_capacity(black_box(keys).iter().copied(), size as usize));
+                    })
+                })
             });
         }
         group.finish();

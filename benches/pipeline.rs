@@ -29,6 +29,9 @@
 //!
 //! Run: `cargo bench --bench pipeline -- --measurement-time 2 --warm-up-time 1` (about 3 minutes).
 
+mod common;
+use common::cpu_time;
+
 use arrayvec::ArrayVec;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use etherparse::{IpNumber, Ipv4Header, NetSlice, PacketBuilder, SlicedPacket, TransportSlice};
@@ -44,12 +47,10 @@ use fwd_dataplane::prefetch::{LoadPrefetch, Prefetch};
 use fwd_dataplane::snapshot::{
     Backend, BackendState, ForwardMode, FragmentPolicy, LocalInfo, Service, ServiceKey, Snapshot, SourceRange,
 };
-use rustix::time::{clock_gettime, ClockId};
 use std::collections::HashMap;
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
-use std::time::Duration;
 
 /// fwd's allocator (huge pages behind the connection table), so the bench measures what fwd's
 /// workers run.
@@ -68,17 +69,6 @@ const FLOW_COUNTS: [usize; 3] = [1, 10_000, 1_000_000];
 const BATCHES: [usize; 3] = [1, 32, 64];
 const MANY_SERVICES: usize = 100;
 const MANY_BACKENDS: usize = 100;
-
-/// Runs `routine` `iters` times and returns the CPU time this thread spent doing it.
-fn cpu_time(iters: u64, mut routine: impl FnMut()) -> Duration {
-    let start = clock_gettime(ClockId::ThreadCPUTime);
-    for _ in 0..iters {
-        routine();
-    }
-    let end = clock_gettime(ClockId::ThreadCPUTime);
-    let ns = (end.tv_sec - start.tv_sec) * 1_000_000_000 + (end.tv_nsec - start.tv_nsec);
-    Duration::from_nanos(u64::try_from(ns).unwrap_or(0))
-}
 
 // ---------------------------------------------------------------------------------------------
 // Traffic

@@ -8,7 +8,8 @@
 //! itself and reduces with `%`; fwd's lookup takes the flow hash the worker already has.
 //!
 //! Build times are the benchmark thread's CPU time (`CLOCK_THREAD_CPUTIME_ID`), as in the other
-//! benches: the build machines are shared. `fwd_with_fingerprint` adds the table fingerprint, which the build leaves to its first use.
+//! benches: the build machines are shared. `fwd_with_fingerprint` adds the table fingerprint,
+//! which the build leaves to its first use.
 //!
 //! Run: `cargo bench --bench maglev -- --measurement-time 3 --warm-up-time 1`.
 

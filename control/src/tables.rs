@@ -93,12 +93,11 @@ struct TableInputs {
     members: Vec<(BackendKey, u32)>,
 }
 
-/// The last table built for a service (or its fallback): its inputs, the table, the member keys.
+/// The last table built for a service (or its fallback): its inputs and the table.
 #[derive(Debug)]
 struct BuiltTable {
     inputs: TableInputs,
     table: Arc<MaglevTable>,
-    keys: Vec<BackendKey>,
 }
 
 /// Builds snapshots, keeping backend indices stable and reusing unchanged tables.
@@ -266,16 +265,15 @@ impl SnapshotBuilder {
             inputs.members.iter().map(|&(key, weight)| MaglevMember { key, weight }).collect();
         let table = MaglevTable::build(&maglev_members, inputs.size)
             .map_err(|source| TablesError::Maglev { service, source })?;
-        let keys: Vec<BackendKey> = inputs.members.iter().map(|(k, _)| *k).collect();
         let moved_slots = match self.tables.get(&slot) {
-            Some(old) if old.inputs.size == inputs.size => moved(&old.table, &old.keys, &table, &keys),
+            Some(old) if old.inputs.size == inputs.size => moved(&old.table, &table),
             _ => table.slots().len() as u32,
         };
         if !fallback {
             changes.push(TableChange { service, moved_slots, size: table.size() });
         }
         let table = Arc::new(table);
-        self.tables.insert(slot, BuiltTable { inputs, table: table.clone(), keys });
+        self.tables.insert(slot, BuiltTable { inputs, table: table.clone() });
         Ok((members, table))
     }
 }
@@ -296,14 +294,14 @@ fn backend_id(service: ServiceKey, b: &BackendConfig, fallback: bool) -> Backend
 }
 
 /// Slots whose owner (by key) differs between two tables of the same size.
-fn moved(old: &MaglevTable, old_keys: &[BackendKey], new: &MaglevTable, new_keys: &[BackendKey]) -> u32 {
+fn moved(old: &MaglevTable, new: &MaglevTable) -> u32 {
     if old.is_empty() || new.is_empty() {
         return new.slots().len().max(old.slots().len()) as u32;
     }
     old.slots()
         .iter()
         .zip(new.slots())
-        .filter(|(&a, &b)| old_keys.get(usize::from(a)) != new_keys.get(usize::from(b)))
+        .filter(|(&a, &b)| old.keys().get(usize::from(a)) != new.keys().get(usize::from(b)))
         .count() as u32
 }
 

@@ -129,6 +129,11 @@ impl MaglevTable {
         &self.slots
     }
 
+    /// The members' keys, in the order given to `build` (what the slots index).
+    pub fn keys(&self) -> &[BackendKey] {
+        &self.keys
+    }
+
     /// Slots owned by each member, indexed like the `members` given to `build`.
     pub fn slot_counts(&self) -> Vec<u32> {
         let mut counts = vec![0u32; self.keys.len()];

@@ -331,10 +331,10 @@ mod tests {
     fn frames_sent_on_one_end_arrive_whole_on_the_other() {
         const FRAMES: usize = 200;
         let net = NetnsPair::new();
-        let mut receiver = NetnsPair::run_in(&net.b, || {
+        let mut receiver = net.b.run(|| {
             PacketSocket::open(IFACE, &PacketConfig { receive: true, ..PacketConfig::default() }).unwrap()
         });
-        let sent = NetnsPair::run_in(&net.a, || {
+        let sent = net.a.run(|| {
             let mut sender = PacketSocket::open(IFACE, &PacketConfig::default()).unwrap();
             let mut sent = 0;
             let deadline = Instant::now() + Duration::from_secs(5);

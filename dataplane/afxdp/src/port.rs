@@ -1274,7 +1274,7 @@ mod tests {
             let fwd = scope.spawn(|| bounce(&net.a, setup, ready_tx, &stop));
             ready_rx.recv_timeout(Duration::from_secs(30)).expect("the bounce side did not start");
 
-            let (v4, v6) = NetnsPair::run_in(&net.b, || (echo_count(VIP_V4), echo_count(VIP_V6)));
+            let (v4, v6) = net.b.run(|| (echo_count(VIP_V4), echo_count(VIP_V6)));
             // The kernel still owns everything that is not a VIP: ARP and ND resolve (the cache
             // is flushed first) and the box's own addresses answer pings.
             net.b.ip(&["neigh", "flush", "dev", IFACE]);
@@ -1335,7 +1335,7 @@ mod tests {
             ready_rx.recv_timeout(Duration::from_secs(30)).expect("the port side did not start");
             // Resolve ARP first, so that every datagram is on the RX ring when `send` returns.
             net.b.exec("ping", &["-c", "1", "-W", "2", A_V4]);
-            NetnsPair::run_in(&net.b, || {
+            net.b.run(|| {
                 let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
                 for i in 0..SENT {
                     socket.send_to(&[i as u8; 16], (VIP_V4, ECHO_PORT)).unwrap();
@@ -1371,11 +1371,11 @@ mod tests {
             frame
         };
         let net = NetnsPair::new();
-        let mut listener = NetnsPair::run_in(&net.b, || {
+        let mut listener = net.b.run(|| {
             crate::PacketSocket::open(IFACE, &crate::PacketConfig { receive: true, ..Default::default() })
                 .unwrap()
         });
-        let (sent, received, port_stats) = NetnsPair::run_in(&net.a, || {
+        let (sent, received, port_stats) = net.a.run(|| {
             let mut program = XdpProgram::load().unwrap();
             program.attach(IFACE, AttachMode::Auto).unwrap();
             program.set_capture_all(true).unwrap();
@@ -1393,7 +1393,7 @@ mod tests {
                 });
             }
             let mut received = Vec::new();
-            NetnsPair::run_in(&net.b, || {
+            net.b.run(|| {
                 let mut sender = crate::PacketSocket::open(IFACE, &crate::PacketConfig::default()).unwrap();
                 for number in 0..INCOMING as u16 {
                     let frame = marker(1000 + number);
@@ -1463,13 +1463,12 @@ mod tests {
         assert!(matches!(Port::open("lo", 0, &bad_count), Err(PortError::FrameCount { frame_count: 1000 })));
 
         let net = NetnsPair::new();
-        let no_queue =
-            NetnsPair::run_in(&net.a, || Port::open(IFACE, 3, &PortConfig::default()).unwrap_err());
+        let no_queue = net.a.run(|| Port::open(IFACE, 3, &PortConfig::default()).unwrap_err());
         assert!(matches!(no_queue, PortError::NoSuchQueue { queue: 3, queues: 1, .. }), "{no_queue:?}");
         assert!(no_queue.to_string().contains("`ethtool -L veth0 rx 4 tx 4`"), "{no_queue}");
 
         let zero_copy = PortConfig { bind_mode: BindMode::ZeroCopy, ..PortConfig::default() };
-        let refused = NetnsPair::run_in(&net.a, || Port::open(IFACE, 0, &zero_copy).unwrap_err());
+        let refused = net.a.run(|| Port::open(IFACE, 0, &zero_copy).unwrap_err());
         assert!(matches!(refused, PortError::Bind { mode: BoundMode::ZeroCopy, .. }), "{refused:?}");
     }
 
@@ -1525,7 +1524,7 @@ mod tests {
     #[test]
     fn second_socket_on_a_queue_is_refused_with_a_hint() {
         let net = NetnsPair::new();
-        NetnsPair::run_in(&net.a, || {
+        net.a.run(|| {
             let config = PortConfig { frame_count: 256, bind_mode: BindMode::Copy, ..PortConfig::default() };
             let _first = Port::open(IFACE, 0, &config).unwrap();
             let second = Port::open(IFACE, 0, &config).unwrap_err();

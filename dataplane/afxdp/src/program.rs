@@ -805,7 +805,7 @@ mod tests {
     #[test]
     fn attach_replaces_a_leftover_program_and_drop_detaches() {
         let net = NetnsPair::new();
-        NetnsPair::run_in(&net.a, || {
+        net.a.run(|| {
             let mut crashed = XdpProgram::load().unwrap();
             let first = crashed.attach(IFACE, AttachMode::Generic).unwrap();
             assert_eq!(first, AttachReport { mode: AttachedMode::Generic, removed: vec![] });

@@ -219,11 +219,6 @@ impl NetnsPair {
         pair
     }
 
-    /// Runs `f` on a new thread inside `netns` ([`Netns::run`]).
-    pub fn run_in<T: Send>(netns: &Netns, f: impl FnOnce() -> T + Send) -> T {
-        netns.run(f)
-    }
-
     /// The `ip -j -d link show` object of [`IFACE`] in `netns`.
     pub fn link_json(netns: &Netns) -> serde_json::Value {
         let text = netns.ip(&["-j", "-d", "link", "show", "dev", IFACE]);

@@ -13,7 +13,7 @@
 //! Run: `cargo bench --bench conntrack -- --measurement-time 3 --warm-up-time 1`.
 
 mod common;
-use common::cpu_time;
+use common::iter_cpu;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fwd_afxdp::CpuPrefetch;
@@ -118,12 +118,10 @@ fn lookup_hits(c: &mut Criterion, entries: usize) {
 
     let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
     group.bench_function("flow_hash only", |b| {
-        b.iter_custom(|iters| {
-            cpu_time(iters, || {
-                for k in &hit_keys[cursor.next_batch()] {
-                    black_box(flow_hash(black_box(k)));
-                }
-            })
+        iter_cpu(b, || {
+            for k in &hit_keys[cursor.next_batch()] {
+                black_box(flow_hash(black_box(k)));
+            }
         })
     });
 
@@ -137,34 +135,30 @@ fn lookup_hits(c: &mut Criterion, entries: usize) {
     ] {
         let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
         group.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                cpu_time(iters, || {
-                    let batch = &hit_keys[cursor.next_batch()];
-                    let mut hashes = [0u64; BATCH];
-                    for (h, k) in hashes.iter_mut().zip(batch) {
-                        *h = flow_hash(k);
+            iter_cpu(b, || {
+                let batch = &hit_keys[cursor.next_batch()];
+                let mut hashes = [0u64; BATCH];
+                for (h, k) in hashes.iter_mut().zip(batch) {
+                    *h = flow_hash(k);
+                }
+                if let Some(prefetch) = prefetch {
+                    for h in &hashes {
+                        prefetch(&table, *h);
                     }
-                    if let Some(prefetch) = prefetch {
-                        for h in &hashes {
-                            prefetch(&table, *h);
-                        }
-                    }
-                    for (h, k) in hashes.iter().zip(batch) {
-                        black_box(table.lookup(k, *h, now, Some(0x10)));
-                    }
-                })
+                }
+                for (h, k) in hashes.iter().zip(batch) {
+                    black_box(table.lookup(k, *h, now, Some(0x10)));
+                }
             })
         });
     }
 
     let mut cursor = Cursor { pos: 0, len: hit_keys.len() };
     group.bench_function("std HashMap", |b| {
-        b.iter_custom(|iters| {
-            cpu_time(iters, || {
-                for k in &hit_keys[cursor.next_batch()] {
-                    black_box(map.get(k));
-                }
-            })
+        iter_cpu(b, || {
+            for k in &hit_keys[cursor.next_batch()] {
+                black_box(map.get(k));
+            }
         })
     });
     group.finish();
@@ -197,14 +191,12 @@ fn insert_full(c: &mut Criterion, entries: usize) {
     let mut cursor = Cursor { pos: 0, len: keys.len() };
     let mut now = 1u64;
     group.bench_function("ConnTable evict LRU", |b| {
-        b.iter_custom(|iters| {
-            cpu_time(iters, || {
-                for i in cursor.next_batch() {
-                    let k = &keys[i];
-                    table.insert(k, flow_hash(k), value_of(i), now, None);
-                }
-                now += 1;
-            })
+        iter_cpu(b, || {
+            for i in cursor.next_batch() {
+                let k = &keys[i];
+                table.insert(k, flow_hash(k), value_of(i), now, None);
+            }
+            now += 1;
         })
     });
     let lru = table.stats();
@@ -216,14 +208,12 @@ fn insert_full(c: &mut Criterion, entries: usize) {
     let mut cursor = Cursor { pos: 0, len: keys.len() };
     let mut now = 2u64;
     group.bench_function("ConnTable evict expired", |b| {
-        b.iter_custom(|iters| {
-            cpu_time(iters, || {
-                for i in cursor.next_batch() {
-                    let k = &keys[i];
-                    table.insert(k, flow_hash(k), value_of(i), now, None);
-                }
-                now += 2;
-            })
+        iter_cpu(b, || {
+            for i in cursor.next_batch() {
+                let k = &keys[i];
+                table.insert(k, flow_hash(k), value_of(i), now, None);
+            }
+            now += 2;
         })
     });
     eprintln!("conntrack {entries}: LRU run {lru:?}; expired run {:?}", table.stats());
@@ -236,15 +226,13 @@ fn insert_full(c: &mut Criterion, entries: usize) {
     // The map holds the `entries` keys before `next` (modulo the key count).
     let mut next = entries;
     group.bench_function("std HashMap insert+remove", |b| {
-        b.iter_custom(|iters| {
-            cpu_time(iters, || {
-                for _ in 0..BATCH {
-                    let new = next % keys.len();
-                    map.insert(keys[new], value_of(new));
-                    map.remove(&keys[(next - entries) % keys.len()]);
-                    next += 1;
-                }
-            })
+        iter_cpu(b, || {
+            for _ in 0..BATCH {
+                let new = next % keys.len();
+                map.insert(keys[new], value_of(new));
+                map.remove(&keys[(next - entries) % keys.len()]);
+                next += 1;
+            }
         })
     });
     group.finish();

@@ -14,7 +14,7 @@
 //! Run: `cargo bench --bench maglev -- --measurement-time 3 --warm-up-time 1`.
 
 mod common;
-use common::cpu_time;
+use common::iter_cpu;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode, Throughput};
 use fwd_dataplane::flow::FlowKey;
@@ -80,10 +80,8 @@ fn build(c: &mut Criterion) {
             let members = equal_members(&keys);
             // Each iteration allocates, builds and frees its table, in the thread's CPU time.
             group.bench_with_input(BenchmarkId::new("fwd", count), &members, |b, members| {
-                b.iter_custom(|iters| {
-                    cpu_time(iters, || {
-                        black_box(MaglevTable::build(black_box(members), size).expect("valid table"));
-                    })
+                iter_cpu(b, || {
+                    black_box(MaglevTable::build(black_box(members), size).expect("valid table"));
                 })
             });
             // The fingerprint is computed on first use, off the path that publishes a table to
@@ -92,19 +90,15 @@ fn build(c: &mut Criterion) {
                 BenchmarkId::new("fwd_with_fingerprint", count),
                 &members,
                 |b, members| {
-                    b.iter_custom(|iters| {
-                        cpu_time(iters, || {
-                            let table = MaglevTable::build(black_box(members), size).expect("valid table");
-                            black_box(table.fingerprint());
-                        })
+                    iter_cpu(b, || {
+                        let table = MaglevTable::build(black_box(members), size).expect("valid table");
+                        black_box(table.fingerprint());
                     })
                 },
             );
             group.bench_with_input(BenchmarkId::new("maglev_crate", count), &keys, |b, keys| {
-                b.iter_custom(|iters| {
-                    cpu_time(iters, || {
-                        black_box(Maglev::with_capacity(black_box(keys).iter().copied(), size as usize));
-                    })
+                iter_cpu(b, || {
+                    black_box(Maglev::with_capacity(black_box(keys).iter().copied(), size as usize));
                 })
             });
         }

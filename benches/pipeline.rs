@@ -30,7 +30,7 @@
 //! Run: `cargo bench --bench pipeline -- --measurement-time 2 --warm-up-time 1` (about 3 minutes).
 
 mod common;
-use common::cpu_time;
+use common::iter_cpu;
 
 use arrayvec::ArrayVec;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
@@ -539,12 +539,10 @@ fn bench_pipeline<P: Prefetch>(
     let id = format!("{id}/{}/b{batch}", io.name());
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(batch as u64));
+    let mut process = |b: &mut Batch<'_>, v: &mut [Verdict]| worker.process_batch(snap, b, v, NOW_MS);
     group.bench_function(&id, |b| {
-        b.iter_custom(|iters| {
-            let mut process = |b: &mut Batch<'_>, v: &mut [Verdict]| worker.process_batch(snap, b, v, NOW_MS);
-            cpu_time(iters, || {
-                black_box(io.poll(batch, &mut process));
-            })
+        iter_cpu(b, || {
+            black_box(io.poll(batch, &mut process));
         })
     });
     group.finish();
@@ -557,10 +555,8 @@ fn bench_io_only(c: &mut Criterion, id: &str, io: &mut dyn Replay, batch: usize)
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(batch as u64));
     group.bench_function(&id, |b| {
-        b.iter_custom(|iters| {
-            cpu_time(iters, || {
-                black_box(io.poll(batch, &mut transmit_all));
-            })
+        iter_cpu(b, || {
+            black_box(io.poll(batch, &mut transmit_all));
         })
     });
     group.finish();
@@ -576,11 +572,8 @@ fn bench_naive(c: &mut Criterion, id: &str, io: &mut dyn Replay, naive: &mut Nai
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(batch as u64));
     group.bench_function(&id, |b| {
-        b.iter_custom(|iters| {
-            let mut process = |b: &mut Batch<'_>, v: &mut [Verdict]| naive.process(b, v);
-            cpu_time(iters, || {
-                black_box(io.poll(batch, &mut process));
-            })
+        iter_cpu(b, || {
+            black_box(io.poll(batch, &mut process));
         })
     });
     group.finish();

@@ -1298,7 +1298,7 @@ mod tests {
         assert!(c.passed > 0, "ARP, ND and ping went to the kernel: {c:?}");
         assert_eq!(c.vip_without_socket, 0, "{c:?}");
 
-        let link = NetnsPair::link_json(&net.a);
+        let link = net.a.link_json(IFACE);
         assert!(
             link.get("xdp").is_none(),
             "no XDP program left after the port and program are dropped: {link}"

@@ -823,10 +823,10 @@ mod tests {
                 program.attach(IFACE, AttachMode::Auto),
                 Err(ProgramError::AlreadyAttached { .. })
             ));
-            let link = NetnsPair::link_json(&net.a);
+            let link = net.a.link_json(IFACE);
             assert!(link.get("xdp").is_some(), "attached: {link}");
         });
-        let link = NetnsPair::link_json(&net.a);
+        let link = net.a.link_json(IFACE);
         assert!(link.get("xdp").is_none(), "dropping the program detaches it: {link}");
     }
 

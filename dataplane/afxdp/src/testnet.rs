@@ -71,7 +71,7 @@ impl Netns {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let name = format!("fwdtest-{}-{n}-{tag}", std::process::id());
         // Left over by an earlier, killed process that had this pid: start clean.
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        delete_netns(&name);
         run("ip", &["netns", "add", &name]);
         // From here on, Drop deletes it whatever fails next.
         let netns = Netns { name };
@@ -108,6 +108,13 @@ impl Netns {
         }
     }
 
+    /// The `ip -j -d link show` object of `ifname`.
+    pub fn link_json(&self, ifname: &str) -> serde_json::Value {
+        let text = self.ip(&["-j", "-d", "link", "show", "dev", ifname]);
+        let links: serde_json::Value = serde_json::from_str(&text).expect("ip -j prints JSON");
+        links.get(0).cloned().expect("ip -j link show lists the interface")
+    }
+
     /// Moves the calling thread into the namespace, for good: call it on a thread of its own
     /// (see [`Netns::run`]), never on a test harness thread.
     pub fn enter(&self) {
@@ -135,9 +142,14 @@ impl Netns {
     }
 }
 
+/// Deletes a namespace if it exists (nothing to report if it does not).
+fn delete_netns(name: &str) {
+    let _ = Command::new("ip").args(["netns", "del", name]).output();
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        delete_netns(&self.name);
     }
 }
 
@@ -217,13 +229,6 @@ impl NetnsPair {
         pair.b.ip(&["route", "add", &format!("{VIP_V4}/32"), "via", A_V4]);
         pair.b.ip(&["-6", "route", "add", &format!("{VIP_V6}/128"), "via", A_V6]);
         pair
-    }
-
-    /// The `ip -j -d link show` object of [`IFACE`] in `netns`.
-    pub fn link_json(netns: &Netns) -> serde_json::Value {
-        let text = netns.ip(&["-j", "-d", "link", "show", "dev", IFACE]);
-        let links: serde_json::Value = serde_json::from_str(&text).expect("ip -j prints JSON");
-        links.get(0).cloned().expect("ip -j link show lists the interface")
     }
 }
 

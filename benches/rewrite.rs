@@ -20,7 +20,7 @@ use fwd_dataplane::rewrite::{
     encap_gue, encap_gue_with_checksum, encap_ipip, rewrite_l2, Ipv6UdpChecksum, Macs, Tunnel,
 };
 use std::hint::black_box;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::Ipv6Addr;
 use std::time::{Duration, Instant};
 
 const L3_OFFSET: usize = 14;
@@ -56,13 +56,10 @@ fn echo_template() -> Vec<u8> {
     bytes
 }
 
-const TUNNEL_V4: Tunnel = Tunnel {
-    src: IpAddr::V4(Ipv4Addr::new(198, 18, 255, 1)),
-    dst: IpAddr::V4(Ipv4Addr::new(198, 18, 10, 2)),
-};
-const TUNNEL_V6: Tunnel = Tunnel {
-    src: IpAddr::V6(Ipv6Addr::new(0xfd00, 0xff, 0, 0, 0, 0, 0, 1)),
-    dst: IpAddr::V6(Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 2)),
+const TUNNEL_V4: Tunnel = Tunnel::V4 { src: [198, 18, 255, 1], dst: [198, 18, 10, 2] };
+const TUNNEL_V6: Tunnel = Tunnel::V6 {
+    src: Ipv6Addr::new(0xfd00, 0xff, 0, 0, 0, 0, 0, 1).octets(),
+    dst: Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 2).octets(),
 };
 
 type Rewriter = fn(&mut Frame<'_>, usize) -> Result<(), DropReason>;

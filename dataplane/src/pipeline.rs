@@ -33,7 +33,7 @@ use crate::icmp;
 use crate::io::{Batch, Verdict, MAX_BATCH};
 use crate::parse::{parse, parse_common_into, CommonFacts, L4Meta, ParsedFrame};
 use crate::prefetch::{LoadPrefetch, Prefetch};
-use crate::rewrite::{encap_gue, encap_ipip, encap_overhead, rewrite_l2, Macs, Tunnel};
+use crate::rewrite::{encap_gue, encap_ipip, encap_overhead, rewrite_l2, Macs};
 use crate::snapshot::{BackendIdx, ForwardMode, FragmentPolicy, Snapshot, VipMatch};
 
 /// Sizing of a worker's state, from the config.
@@ -524,8 +524,7 @@ fn forward(
             if packet_len + overhead > usize::from(snap.local.mtu) {
                 return too_big(budget, counters, snap, frame, facts, overhead, now_ms);
             }
-            let src = snap.local.tunnel_source(outer_v6, slot.hash).ok_or(DropReason::NoTunnelSource)?;
-            let tunnel = Tunnel { src, dst: backend.addr };
+            let tunnel = snap.local.tunnel_to(backend.addr, slot.hash).ok_or(DropReason::NoTunnelSource)?;
             if gue {
                 encap_gue(
                     frame,

@@ -11,6 +11,7 @@
 
 use crate::flow::{ip_to_16, FlowKey, L4Proto};
 use crate::maglev::MaglevTable;
+use crate::rewrite::Tunnel;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
@@ -155,17 +156,36 @@ pub struct LocalInfo {
 impl LocalInfo {
     /// The tunnel source for a flow hash and an outer family: spread over the configured range by
     /// the high half of the hash (the low half picks the Maglev slot).
-    #[inline]
     pub fn tunnel_source(&self, v6: bool, hash: u64) -> Option<IpAddr> {
-        // Multiply-shift, not `%`: a 64-bit division per packet costs more than the whole rewrite.
-        let pick = |count: u32| crate::hash::reduce(hash >> 32, count);
         if v6 {
-            let r = self.tunnel_src_v6?;
-            Some(IpAddr::V6(Ipv6Addr::from(u128::from(r.base).wrapping_add(u128::from(pick(r.count))))))
+            self.tunnel_source_v6(hash).map(|a| IpAddr::V6(Ipv6Addr::from(a)))
         } else {
-            let r = self.tunnel_src_v4?;
-            Some(IpAddr::V4(Ipv4Addr::from(u32::from(r.base).wrapping_add(pick(r.count)))))
+            self.tunnel_source_v4(hash).map(|a| IpAddr::V4(Ipv4Addr::from(a)))
         }
+    }
+
+    /// The tunnel of a flow to `dst`: the source is [`LocalInfo::tunnel_source`] of `dst`'s
+    /// family. Built straight as header bytes: the worker calls it per packet.
+    #[inline(always)]
+    pub fn tunnel_to(&self, dst: IpAddr, hash: u64) -> Option<Tunnel> {
+        match dst {
+            IpAddr::V4(dst) => Some(Tunnel::V4 { src: self.tunnel_source_v4(hash)?, dst: dst.octets() }),
+            IpAddr::V6(dst) => Some(Tunnel::V6 { src: self.tunnel_source_v6(hash)?, dst: dst.octets() }),
+        }
+    }
+
+    // Multiply-shift, not `%`: a 64-bit division per packet costs more than the whole rewrite.
+    #[inline(always)]
+    fn tunnel_source_v4(&self, hash: u64) -> Option<[u8; 4]> {
+        let r = self.tunnel_src_v4?;
+        Some(u32::from(r.base).wrapping_add(crate::hash::reduce(hash >> 32, r.count)).to_be_bytes())
+    }
+
+    #[inline(always)]
+    fn tunnel_source_v6(&self, hash: u64) -> Option<[u8; 16]> {
+        let r = self.tunnel_src_v6?;
+        let pick = crate::hash::reduce(hash >> 32, r.count);
+        Some(u128::from(r.base).wrapping_add(u128::from(pick)).to_be_bytes())
     }
 }
 

@@ -764,6 +764,12 @@ def scenario_metrics():
     rx = [v for _, v in m.of("fwd_worker_rx_packets_total")]
     S.check(timed and all(v > 0 for v in timed) and rx and all(v > 0 for v in rx),
             "every worker received packets and timed its batches (rx %s, batches timed %s)" % (rx, timed))
+    socket = {}
+    for l, v in m.of("fwd_worker_socket_events_total"):
+        socket.setdefault(l.get("core"), {})[l.get("event")] = v
+    S.measure("socket_events", socket)
+    S.check(socket and set(socket) == set(quantiles) and all(set(e) == SOCKET_EVENTS for e in socket.values()),
+            "fwd_worker_socket_events_total: the socket's six kernel counters per core (%s)" % sorted(socket))
     reloads = {l.get("result"): v for l, v in m.of("fwd_config_reloads_total")}
     S.measure("config_reloads_total", reloads)
     S.check(set(reloads) == {"success", "failure"}, "fwd_config_reloads_total by result (%s)" % reloads)
@@ -792,7 +798,16 @@ def scenario_metrics():
     S.check(workers and all(w["rx_packets"] > 0 and w["heartbeat_age_ms"] < 2000 for w in workers),
             "`fwd stats --json`: %d worker(s), all received packets, heartbeats fresh (%s ms)"
             % (len(workers), [w["heartbeat_age_ms"] for w in workers]))
+    # The kernel's socket counters reach the report: in copy mode every transmit kick ends on an
+    # empty TX ring, so a worker that forwarded has a nonzero tx_ring_empty.
+    S.check(workers and all(set(w["socket"]) == SOCKET_EVENTS and w["socket"]["tx_ring_empty"] > 0
+                            for w in workers if w["tx_packets"] > 0),
+            "`fwd stats --json`: each worker's socket counters, read from the kernel (%s)"
+            % [w.get("socket") for w in workers])
 
+
+SOCKET_EVENTS = {"rx_dropped", "rx_ring_full", "rx_fill_ring_empty", "rx_invalid_descs", "tx_invalid_descs",
+                 "tx_ring_empty"}
 
 SCENARIOS = {
     "a": scenario_stopped_backend,

@@ -157,6 +157,42 @@ pub struct WorkerStats {
     pub active_flows: u64,
     /// Milliseconds since the worker last reported progress (its heartbeat).
     pub heartbeat_age_ms: u64,
+    /// The kernel's counters for the worker's AF_XDP socket: frames it dropped before the
+    /// pipeline saw them (so no drop reason above counts them).
+    #[serde(default)]
+    pub socket: SocketStats,
+}
+
+/// The kernel's counters for one AF_XDP socket (`getsockopt(XDP_STATISTICS)`), read by its
+/// worker every 100 ms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SocketStats {
+    /// Received frames the kernel could not deliver, above all frames longer than a UMEM frame
+    /// holds (the interface MTU against fwd's `--frame-size`).
+    pub rx_dropped: u64,
+    /// Received frames dropped because the RX ring was full: the worker did not keep up.
+    pub rx_ring_full: u64,
+    /// Times a frame arrived and the fill ring held no free UMEM frame for it.
+    pub rx_fill_ring_empty: u64,
+    /// Descriptors the kernel rejected: on the fill ring (rx) and on the TX ring (tx).
+    pub rx_invalid_descs: u64,
+    pub tx_invalid_descs: u64,
+    /// Times the kernel was asked to transmit and found the TX ring empty.
+    pub tx_ring_empty: u64,
+}
+
+impl SocketStats {
+    /// Each counter with its name, as `fwd stats` and the metrics label them.
+    pub fn named(&self) -> [(&'static str, u64); 6] {
+        [
+            ("rx_dropped", self.rx_dropped),
+            ("rx_ring_full", self.rx_ring_full),
+            ("rx_fill_ring_empty", self.rx_fill_ring_empty),
+            ("rx_invalid_descs", self.rx_invalid_descs),
+            ("tx_invalid_descs", self.tx_invalid_descs),
+            ("tx_ring_empty", self.tx_ring_empty),
+        ]
+    }
 }
 
 /// Percentiles of per-batch processing time.
@@ -348,6 +384,19 @@ mod tests {
                 let _ = c.reply.send(r);
             }
         });
+    }
+
+    /// A report from a fwd without socket counters still reads (as zeros): `fwd stats` of one
+    /// version can talk to a running fwd of the previous one.
+    #[test]
+    fn worker_stats_without_socket_counters_read_as_zero() {
+        let mut value = serde_json::to_value(WorkerStats { core: 3, ..WorkerStats::default() }).unwrap();
+        assert!(value.as_object_mut().unwrap().remove("socket").is_some());
+        let read: WorkerStats = serde_json::from_value(value).unwrap();
+        assert_eq!((read.core, read.socket), (3, SocketStats::default()));
+        let named = SocketStats { rx_ring_full: 7, tx_ring_empty: 2, ..SocketStats::default() }.named();
+        assert_eq!(named.iter().map(|(_, v)| v).sum::<u64>(), 9);
+        assert!(named.contains(&("rx_ring_full", 7)) && named.contains(&("tx_ring_empty", 2)));
     }
 
     #[test]

@@ -287,10 +287,12 @@ pub fn render_stats(r: &StatsReport) -> String {
     for w in &r.workers {
         let drops: Vec<String> =
             w.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        let socket: Vec<String> =
+            w.socket.named().iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
         let t = &w.batch_time_ns;
         let _ = writeln!(
             out,
-            "worker core {} queue {}: rx {} ({} B) tx {} ({} B) pass {} icmp {} drops {} | batches {} fill {:.1} busy {:.1}% | \
+            "worker core {} queue {}: rx {} ({} B) tx {} ({} B) pass {} icmp {} drops {} | socket {} | batches {} fill {:.1} busy {:.1}% | \
              batch time p50 {} ns p99 {} ns p99.9 {} ns max {} ns ({} samples/s) | flows {} | heartbeat {} ms ago",
             w.core,
             w.queue,
@@ -301,6 +303,7 @@ pub fn render_stats(r: &StatsReport) -> String {
             w.pass,
             w.icmp_generated,
             if drops.is_empty() { "none".to_string() } else { drops.join(" ") },
+            if socket.is_empty() { "clean".to_string() } else { socket.join(" ") },
             w.batches,
             w.batch_fill,
             100.0 * w.busy_ratio,
@@ -314,4 +317,26 @@ pub fn render_stats(r: &StatsReport) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fwd_control::admin::{SocketStats, WorkerStats};
+
+    #[test]
+    fn stats_name_the_socket_counters_that_moved() {
+        let worker = |socket| WorkerStats { core: 2, queue: 0, socket, ..WorkerStats::default() };
+        let report = StatsReport {
+            workers: vec![
+                worker(SocketStats::default()),
+                worker(SocketStats { rx_ring_full: 12, rx_dropped: 3, ..SocketStats::default() }),
+            ],
+        };
+        let text = render_stats(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert!(lines[0].contains("drops none | socket clean |"), "{text}");
+        assert!(lines[1].contains("| socket rx_dropped=3 rx_ring_full=12 |"), "{text}");
+    }
 }

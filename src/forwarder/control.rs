@@ -634,6 +634,7 @@ impl Control {
                         batch_time_ns: w.batch_times.read(),
                         active_flows: w.active_flows.load(Ordering::Relaxed),
                         heartbeat_age_ms: now_ms.saturating_sub(w.heartbeat_ms.load(Ordering::Relaxed)),
+                        socket: w.socket.read(),
                     }
                 })
                 .collect(),
@@ -739,6 +740,15 @@ impl Control {
                     "Frames dropped, by reason.",
                     &[("core", core.as_str()), ("reason", r.name())],
                     c.drops_of(*r),
+                );
+            }
+            for (event, value) in w.socket.read().named() {
+                e.counter(
+                    "fwd_worker_socket_events_total",
+                    "The kernel's counters for the worker's AF_XDP socket (XDP_STATISTICS): frames \
+                     dropped before fwd saw them (rx_dropped, rx_ring_full), empty rings, bad descriptors.",
+                    &[("core", core.as_str()), ("event", event)],
+                    value,
                 );
             }
             let t = w.batch_times.read();

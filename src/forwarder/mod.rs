@@ -23,6 +23,7 @@ use fwd_control::metrics::MetricsServer;
 use fwd_dataplane::conntrack::Timeouts;
 use fwd_dataplane::counters::{DropReason, WorkerCounters};
 use fwd_dataplane::pipeline::WorkerConfig;
+use fwd_dataplane::rewrite::MAX_L2_HEADER_LEN;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -73,6 +74,10 @@ pub struct Args {
     /// UMEM frames per queue (a power of two).
     #[arg(long, default_value_t = 4096)]
     pub umem_frames: u32,
+    /// Bytes per UMEM frame: 2048 receives frames up to 1792 bytes, 4096 up to 3840 (for an
+    /// interface MTU above 1770) at twice the locked memory.
+    #[arg(long, default_value_t = 2048, value_parser = parse_frame_size)]
+    pub frame_size: u32,
     /// Print the summed counters every stats interval.
     #[arg(long)]
     pub stats: bool,
@@ -132,6 +137,19 @@ pub fn run(args: &Args) -> Result<()> {
         bail!("core {c} does not exist or is not allowed for this process (cores here: {list:?})");
     }
     keep_off_worker_cores(&available, &cores);
+    let port_config = PortConfig {
+        frame_count: args.umem_frames,
+        frame_size: args.frame_size,
+        bind_mode: match args.bind {
+            BindArg::Auto => BindMode::Auto,
+            BindArg::Copy => BindMode::Copy,
+            BindArg::ZeroCopy => BindMode::ZeroCopy,
+        },
+        ..PortConfig::default()
+    };
+    if let Some(warning) = frame_fit_warning(&nic, iface.mtu, &port_config) {
+        eprintln!("warning: {warning}");
+    }
 
     let epoch = Instant::now();
     let mut program = XdpProgram::load().context("loading fwd's XDP program")?;
@@ -189,15 +207,6 @@ pub fn run(args: &Args) -> Result<()> {
     }
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone()).context("installing SIGHUP")?;
 
-    let port_config = PortConfig {
-        frame_count: args.umem_frames,
-        bind_mode: match args.bind {
-            BindArg::Auto => BindMode::Auto,
-            BindArg::Copy => BindMode::Copy,
-            BindArg::ZeroCopy => BindMode::ZeroCopy,
-        },
-        ..PortConfig::default()
-    };
     let stop_workers = Arc::new(AtomicBool::new(false));
     let mut workers: Vec<JoinHandle<WorkerExit>> = Vec::new();
     for (&core, &queue) in cores.iter().zip(&queues) {
@@ -402,3 +411,66 @@ impl std::fmt::Display for ExitWith {
 }
 
 impl std::error::Error for ExitWith {}
+
+fn parse_frame_size(text: &str) -> std::result::Result<u32, String> {
+    match text {
+        "2048" => Ok(2048),
+        "4096" => Ok(4096),
+        _ => Err(format!("{text:?} is not a UMEM frame size: use 2048 or 4096")),
+    }
+}
+
+/// Why frames may be lost before fwd sees them: the interface's MTU lets frames arrive that are
+/// longer than a UMEM frame holds (the kernel drops those, counting them only in the socket's
+/// `rx_dropped`). Not an error: a jumbo MTU can serve the tunnels towards the backends while no
+/// VIP traffic comes near it.
+fn frame_fit_warning(nic: &str, mtu: u16, port: &PortConfig) -> Option<String> {
+    let longest = usize::from(mtu) + MAX_L2_HEADER_LEN;
+    let holds = port.largest_frame() as usize;
+    if longest <= holds {
+        return None;
+    }
+    let larger = PortConfig { frame_size: 4096, ..*port };
+    let bigger_frames = if port.frame_size < larger.frame_size {
+        format!("--frame-size 4096 (frames up to {} bytes), or ", larger.largest_frame())
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "{nic} has MTU {mtu}: frames of up to {longest} bytes (two VLAN tags included) can arrive, but a \
+         {}-byte UMEM frame holds {holds}; the kernel drops longer ones before fwd sees them (`fwd stats`: \
+         socket rx_dropped). Use {bigger_frames}`ip link set {nic} mtu {}` if no VIP traffic needs more",
+        port.frame_size,
+        holds - MAX_L2_HEADER_LEN,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(frame_size: u32) -> PortConfig {
+        PortConfig { frame_size, ..PortConfig::default() }
+    }
+
+    #[test]
+    fn standard_mtus_fit_the_default_frames() {
+        assert_eq!(frames(2048).largest_frame(), 1792);
+        assert_eq!(frames(4096).largest_frame(), 3840);
+        assert_eq!(frame_fit_warning("eth1", 1500, &frames(2048)), None);
+        // 1770 + 22 = 1792: the longest MTU a 2048-byte frame takes with two VLAN tags.
+        assert_eq!(frame_fit_warning("eth1", 1770, &frames(2048)), None);
+        assert_eq!(frame_fit_warning("eth1", 3818, &frames(4096)), None);
+    }
+
+    #[test]
+    fn a_larger_mtu_warns_with_both_ways_out() {
+        let w = frame_fit_warning("eth1", 1771, &frames(2048)).expect("1793 > 1792");
+        assert!(w.contains("up to 1793 bytes") && w.contains("holds 1792"), "{w}");
+        assert!(w.contains("--frame-size 4096 (frames up to 3840 bytes)"), "{w}");
+        assert!(w.contains("`ip link set eth1 mtu 1770`"), "{w}");
+        // Already at 4096: only the MTU is left to change.
+        let w = frame_fit_warning("eth1", 9000, &frames(4096)).expect("9022 > 3840");
+        assert!(!w.contains("--frame-size") && w.contains("`ip link set eth1 mtu 3818`"), "{w}");
+    }
+}

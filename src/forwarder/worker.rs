@@ -4,7 +4,8 @@
 
 use crate::forwarder::control::BatchTimesShared;
 use arc_swap::ArcSwap;
-use fwd_afxdp::{CpuPrefetch, Port};
+use fwd_afxdp::{CpuPrefetch, KernelStats, Port};
+use fwd_control::admin::SocketStats;
 use fwd_dataplane::counters::{SharedBackendCounters, SharedCounters};
 use fwd_dataplane::io::{PacketIo, MAX_BATCH};
 use fwd_dataplane::pipeline::{Worker, WorkerConfig};
@@ -26,6 +27,41 @@ pub struct WorkerShared {
     pub active_flows: AtomicU64,
     /// Milliseconds since `epoch` when the worker last went round its loop.
     pub heartbeat_ms: AtomicU64,
+    /// The kernel's counters for the worker's socket, as last read.
+    pub socket: SharedSocketStats,
+}
+
+/// [`SocketStats`] as atomics: the worker stores, control loads.
+#[derive(Debug, Default)]
+pub struct SharedSocketStats([AtomicU64; 6]);
+
+impl SharedSocketStats {
+    fn publish(&self, k: &KernelStats) {
+        let values = [
+            k.rx_dropped,
+            k.rx_ring_full,
+            k.rx_fill_ring_empty_descs,
+            k.rx_invalid_descs,
+            k.tx_invalid_descs,
+            k.tx_ring_empty_descs,
+        ];
+        for (slot, value) in self.0.iter().zip(values) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    pub fn read(&self) -> SocketStats {
+        let [rx_dropped, rx_ring_full, rx_fill_ring_empty, rx_invalid_descs, tx_invalid_descs, tx_ring_empty] =
+            self.0.each_ref().map(|a| a.load(Ordering::Relaxed));
+        SocketStats {
+            rx_dropped,
+            rx_ring_full,
+            rx_fill_ring_empty,
+            rx_invalid_descs,
+            tx_invalid_descs,
+            tx_ring_empty,
+        }
+    }
 }
 
 impl WorkerShared {
@@ -38,6 +74,7 @@ impl WorkerShared {
             batch_times: BatchTimesShared::default(),
             active_flows: AtomicU64::new(0),
             heartbeat_ms: AtomicU64::new(0),
+            socket: SharedSocketStats::default(),
         }
     }
 }
@@ -149,6 +186,10 @@ pub fn worker_loop(
         if now_ms.wrapping_sub(last_publish_ms) >= PUBLISH_EVERY_MS {
             last_publish_ms = now_ms;
             shared.backends.load().publish(worker.backend_counters(), worker.active_flows());
+            // One getsockopt per publish, never per batch.
+            if let Ok(k) = port.kernel_stats() {
+                shared.socket.publish(&k);
+            }
         }
         if now_ms.wrapping_sub(last_times_ms) >= BATCH_TIMES_EVERY_MS {
             last_times_ms = now_ms;
@@ -163,6 +204,9 @@ pub fn worker_loop(
     }
     shared.counters.publish(worker.counters());
     shared.backends.load().publish(worker.backend_counters(), worker.active_flows());
+    if let Ok(k) = port.kernel_stats() {
+        shared.socket.publish(&k);
+    }
     let (pipeline_p50, pipeline_batches) =
         pipeline_ns.map_or((0, 0), |h| (if h.is_empty() { 0 } else { h.value_at_quantile(0.5) }, h.len()));
     WorkerExit {

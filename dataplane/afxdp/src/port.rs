@@ -98,7 +98,7 @@ impl fmt::Display for BoundMode {
 pub struct PortConfig {
     /// Frames in the UMEM: a power of two; also the size of every ring.
     pub frame_count: u32,
-    /// Bytes per frame: 2048 or 4096 (the largest frame received is `frame_size - 256`).
+    /// Bytes per frame: 2048 or 4096 (the largest frame received is [`PortConfig::largest_frame`]).
     pub frame_size: u32,
     pub bind_mode: BindMode,
     /// Let the kernel say when it needs a `sendto()`/`recvfrom()` kick instead of kicking always.
@@ -122,6 +122,13 @@ impl Default for PortConfig {
 }
 
 impl PortConfig {
+    /// The longest frame (Ethernet header included) the kernel can receive into one UMEM frame:
+    /// it writes each packet `XDP_PACKET_HEADROOM` (256) bytes into its frame. A longer one is
+    /// dropped by the kernel and counted in [`KernelStats::rx_dropped`].
+    pub fn largest_frame(&self) -> u32 {
+        self.frame_size.saturating_sub(xdp::XDP_PACKET_HEADROOM + UMEM_FRAME_HEADROOM)
+    }
+
     /// Bytes of UMEM the port maps and locks.
     pub fn umem_bytes(&self) -> u64 {
         u64::from(self.frame_count) * u64::from(self.frame_size)
@@ -1161,18 +1168,23 @@ mod tests {
     /// Sends `DATAGRAMS` numbered datagrams to `vip`, one at a time, and counts the echoes that
     /// come back intact. A warm-up datagram first, retried, carries the wait for ARP/ND.
     fn echo_count(vip: &str) -> u32 {
+        let mut exchange = echo_exchange(vip, Duration::from_millis(1000));
+        assert!((0..5).any(|_| exchange(b"warm-up")), "no echo from {vip} at all");
+        (0..DATAGRAMS).filter(|i| exchange(format!("fwd-bounce-{i}").as_bytes())).count() as u32
+    }
+
+    /// A UDP socket connected to `vip`'s echo port: sends a payload, says whether it came back.
+    fn echo_exchange(vip: &str, wait: Duration) -> impl FnMut(&[u8]) -> bool {
         let vip: IpAddr = vip.parse().unwrap();
         let local = if vip.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
         let socket = UdpSocket::bind(local).unwrap();
         socket.connect((vip, ECHO_PORT)).unwrap();
-        socket.set_read_timeout(Some(Duration::from_millis(1000))).unwrap();
-        let mut reply = [0u8; 64];
-        let mut exchange = |payload: &[u8]| {
+        socket.set_read_timeout(Some(wait)).unwrap();
+        let mut reply = vec![0u8; 4096];
+        move |payload: &[u8]| {
             socket.send(payload).unwrap();
             matches!(socket.recv(&mut reply), Ok(n) if &reply[..n] == payload)
-        };
-        assert!((0..5).any(|_| exchange(b"warm-up")), "no echo from {vip} at all");
-        (0..DATAGRAMS).filter(|i| exchange(format!("fwd-bounce-{i}").as_bytes())).count() as u32
+        }
     }
 
     /// Sets the flag when dropped, also while unwinding: stops the bounce thread if the test fails.
@@ -1187,6 +1199,7 @@ mod tests {
     #[derive(Debug, Default)]
     struct BounceRun {
         stats: PortStats,
+        kernel: KernelStats,
         bound: Option<BoundMode>,
         counters: crate::XdpCounters,
         min_headroom: usize,
@@ -1202,7 +1215,12 @@ mod tests {
         ns.enter();
         let mut program = XdpProgram::load().unwrap();
         let attached = program.attach(IFACE, setup.xdp_mode).unwrap().mode;
-        let config = PortConfig { frame_count: 256, need_wakeup: setup.need_wakeup, ..PortConfig::default() };
+        let config = PortConfig {
+            frame_count: 256,
+            frame_size: setup.frame_size,
+            need_wakeup: setup.need_wakeup,
+            ..PortConfig::default()
+        };
         let mut port = Port::open(IFACE, 0, &config).unwrap();
         program.register_port(&port).unwrap();
         program.sync_vips(&[VIP_V4.parse().unwrap(), VIP_V6.parse().unwrap()]).unwrap();
@@ -1237,6 +1255,7 @@ mod tests {
             }
         }
         run.stats = port.stats();
+        run.kernel = port.kernel_stats().unwrap();
         run.bound = Some(port.bound_mode());
         run.xdp_mode = Some(attached);
         run.counters = program.counters().unwrap();
@@ -1249,19 +1268,60 @@ mod tests {
     struct Setup {
         xdp_mode: AttachMode,
         need_wakeup: bool,
+        frame_size: u32,
     }
 
     #[test]
     fn bounces_vip_udp_while_the_kernel_keeps_arp_nd_and_ping() {
-        let run = bounce_scenario(Setup { xdp_mode: AttachMode::Auto, need_wakeup: true });
+        let run = bounce_scenario(Setup { xdp_mode: AttachMode::Auto, need_wakeup: true, frame_size: 2048 });
         assert_eq!(run.xdp_mode, Some(crate::AttachedMode::Native), "veth has native XDP");
     }
 
     #[test]
     fn bounces_in_generic_mode_without_need_wakeup() {
-        let run = bounce_scenario(Setup { xdp_mode: AttachMode::Generic, need_wakeup: false });
+        let run =
+            bounce_scenario(Setup { xdp_mode: AttachMode::Generic, need_wakeup: false, frame_size: 2048 });
         assert_eq!(run.xdp_mode, Some(crate::AttachedMode::Generic));
         assert!(run.stats.tx_kicks >= run.stats.tx_frames.div_ceil(MAX_BATCH as u64), "{run:?}");
+    }
+
+    /// A frame longer than a UMEM frame holds never reaches the port: the kernel drops it and
+    /// counts it in the socket's `rx_dropped`, which is where fwd's `fwd stats` shows it. With
+    /// 4096-byte frames (`fwd --frame-size 4096`, what fwd's MTU warning suggests) it goes through.
+    #[test]
+    fn frames_longer_than_a_umem_frame_are_dropped_and_counted_by_the_kernel() {
+        const OVERSIZED: u32 = 10;
+        let net = NetnsPair::new();
+        for ns in [&net.a, &net.b] {
+            ns.ip(&["link", "set", IFACE, "mtu", "3000"]);
+        }
+        // UDP payload for an IPv4 frame one byte longer than a 2048-byte UMEM frame holds.
+        let payload = PortConfig::default().largest_frame() as usize + 1 - 14 - 20 - 8;
+        for frame_size in [2048, 4096] {
+            let stop = AtomicBool::new(false);
+            let (ready_tx, ready_rx) = mpsc::channel();
+            let setup = Setup { xdp_mode: AttachMode::Auto, need_wakeup: true, frame_size };
+            let (fitting, oversized, run) = std::thread::scope(|scope| {
+                let _stop_on_failure = StopOnDrop(&stop);
+                let fwd = scope.spawn(|| bounce(&net.a, setup, ready_tx, &stop));
+                ready_rx.recv_timeout(Duration::from_secs(30)).expect("the bounce side did not start");
+                let (fitting, oversized) = net.b.run(|| {
+                    let mut exchange = echo_exchange(VIP_V4, Duration::from_millis(300));
+                    let fitting = (0..5).any(|_| exchange(&vec![b'f'; payload - 1]));
+                    (fitting, (0..OVERSIZED).filter(|_| exchange(&vec![b'o'; payload])).count() as u32)
+                });
+                stop.store(true, Ordering::Relaxed);
+                (fitting, oversized, fwd.join().expect("bounce thread"))
+            });
+            assert!(fitting, "{frame_size}: a frame of exactly 1792 bytes was not bounced: {run:?}");
+            if frame_size == 2048 {
+                assert_eq!(oversized, 0, "{run:?}");
+                assert!(run.kernel.rx_dropped >= u64::from(OVERSIZED), "{run:?}");
+            } else {
+                assert_eq!(oversized, OVERSIZED, "{run:?}");
+                assert_eq!(run.kernel.rx_dropped, 0, "{run:?}");
+            }
+        }
     }
 
     /// The bounce test proper; returns what the bounce side saw for setup-specific checks.

@@ -301,8 +301,8 @@ pub fn run(args: &Args) -> Result<()> {
         match w.join() {
             Ok(exit) => {
                 eprintln!(
-                    "fwd: worker on core {} (queue {}) stopped; port: {:?}",
-                    exit.core, exit.queue, exit.port_stats
+                    "fwd: worker on core {} (queue {}) stopped; port: {:?}; socket: {:?}",
+                    exit.core, exit.queue, exit.port_stats, exit.socket
                 );
                 if exit.pipeline_batches > pipeline.1 {
                     pipeline = (exit.pipeline_p50, exit.pipeline_batches);

@@ -85,6 +85,8 @@ pub struct WorkerExit {
     pub core: usize,
     pub queue: u32,
     pub port_stats: fwd_afxdp::PortStats,
+    /// The socket's kernel counters at the end (frames the kernel dropped before the pipeline).
+    pub socket: SocketStats,
     /// Time in the pipeline proper (`process_batch`, without receive and transmit) per batch:
     /// the median over the run (robust to the preemptions that wall-clock time also counts), and
     /// the frames per batch, for a per-frame figure.
@@ -213,6 +215,7 @@ pub fn worker_loop(
         core,
         queue: port.queue(),
         port_stats: port.stats(),
+        socket: shared.socket.read(),
         pipeline_p50: Duration::from_nanos(pipeline_p50),
         pipeline_batches,
     }

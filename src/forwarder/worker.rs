@@ -220,3 +220,34 @@ pub fn worker_loop(
         pipeline_batches,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The six counters travel through positional atomics: each must come out under its name.
+    #[test]
+    fn socket_counters_keep_their_names() {
+        let shared = SharedSocketStats::default();
+        shared.publish(&KernelStats {
+            rx_dropped: 1,
+            rx_ring_full: 2,
+            rx_fill_ring_empty_descs: 3,
+            rx_invalid_descs: 4,
+            tx_invalid_descs: 5,
+            tx_ring_empty_descs: 6,
+        });
+        let read = shared.read();
+        assert_eq!(
+            read,
+            SocketStats {
+                rx_dropped: 1,
+                rx_ring_full: 2,
+                rx_fill_ring_empty: 3,
+                rx_invalid_descs: 4,
+                tx_invalid_descs: 5,
+                tx_ring_empty: 6,
+            }
+        );
+    }
+}

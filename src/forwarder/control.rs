@@ -938,6 +938,14 @@ impl Control {
         }
         total
     }
+
+    /// Frames the kernel dropped at the workers' sockets, summed: (rx_ring_full, rx_dropped).
+    pub fn socket_drops(&self) -> (u64, u64) {
+        self.workers
+            .iter()
+            .map(|w| w.socket.read())
+            .fold((0, 0), |(full, dropped), s| (full + s.rx_ring_full, dropped + s.rx_dropped))
+    }
 }
 
 pub fn busy_ratio(c: &WorkerCounters) -> f64 {

@@ -232,6 +232,7 @@ pub fn run(args: &Args) -> Result<()> {
     // The control loop: admin calls are answered as they come; periodic work every `refresh`.
     let mut last_stats = Instant::now();
     let mut last_totals = WorkerCounters::default();
+    let mut last_socket_drops = (0, 0);
     let refresh = Duration::from_millis(200);
     let mut next_tick = Instant::now() + refresh;
     let mut health_answered = false;
@@ -280,8 +281,13 @@ pub fn run(args: &Args) -> Result<()> {
         }
         if args.stats && last_stats.elapsed() >= stats_interval {
             let totals = control.totals();
-            print_stats(&totals, &last_totals, last_stats.elapsed());
+            let socket_drops = control.socket_drops();
+            eprintln!(
+                "{}",
+                stats_line(&totals, &last_totals, socket_drops, last_socket_drops, last_stats.elapsed())
+            );
             last_totals = totals;
+            last_socket_drops = socket_drops;
             last_stats = Instant::now();
         }
     }
@@ -384,20 +390,36 @@ fn totals_line(c: &WorkerCounters) -> String {
     )
 }
 
-fn print_stats(now: &WorkerCounters, before: &WorkerCounters, elapsed: Duration) {
+/// The `--stats` line: rates over the interval, totals of passes and drops since start, and the
+/// frames the kernel dropped at the sockets (rx_ring_full, rx_dropped) per second.
+fn stats_line(
+    now: &WorkerCounters,
+    before: &WorkerCounters,
+    socket_drops: (u64, u64),
+    socket_drops_before: (u64, u64),
+    elapsed: Duration,
+) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
     let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
     let polls = (now.batches + now.empty_polls).saturating_sub(before.batches + before.empty_polls);
-    let busy = if polls == 0 { 0.0 } else { 100.0 * (now.batches - before.batches) as f64 / polls as f64 };
-    eprintln!(
-        "fwd stats: rx {:.0} pps, tx {:.0} pps, pass {}, drops {} ({}), busy {:.1}%",
+    let busy = if polls == 0 {
+        0.0
+    } else {
+        100.0 * now.batches.saturating_sub(before.batches) as f64 / polls as f64
+    };
+    format!(
+        "fwd stats: rx {:.0} pps, tx {:.0} pps, pass {}, drops {} ({}), socket drops {:.0}/s (rx_ring_full {:.0}/s, \
+         rx_dropped {:.0}/s), busy {:.1}%",
         rate(now.rx_packets, before.rx_packets),
         rate(now.tx_packets, before.tx_packets),
         now.pass,
         now.total_drops(),
         drops_text(now),
+        rate(socket_drops.0 + socket_drops.1, socket_drops_before.0 + socket_drops_before.1),
+        rate(socket_drops.0, socket_drops_before.0),
+        rate(socket_drops.1, socket_drops_before.1),
         busy
-    );
+    )
 }
 
 /// An error that carries its own exit code (2: invalid configuration).
@@ -451,6 +473,20 @@ mod tests {
 
     fn frames(frame_size: u32) -> PortConfig {
         PortConfig { frame_size, ..PortConfig::default() }
+    }
+
+    #[test]
+    fn stats_line_gives_socket_drops_per_second() {
+        let before =
+            WorkerCounters { rx_packets: 1000, batches: 10, empty_polls: 10, ..WorkerCounters::default() };
+        let now =
+            WorkerCounters { rx_packets: 3000, batches: 20, empty_polls: 20, ..WorkerCounters::default() };
+        let line = stats_line(&now, &before, (500, 30), (100, 10), Duration::from_secs(2));
+        assert!(line.starts_with("fwd stats: rx 1000 pps,"), "{line}");
+        assert!(
+            line.contains("socket drops 210/s (rx_ring_full 200/s, rx_dropped 10/s), busy 50.0%"),
+            "{line}"
+        );
     }
 
     #[test]

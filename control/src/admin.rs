@@ -182,6 +182,16 @@ pub struct SocketStats {
 }
 
 impl SocketStats {
+    /// Adds `other`'s counters to these (totals over workers).
+    pub fn add(&mut self, other: &SocketStats) {
+        self.rx_dropped += other.rx_dropped;
+        self.rx_ring_full += other.rx_ring_full;
+        self.rx_fill_ring_empty += other.rx_fill_ring_empty;
+        self.rx_invalid_descs += other.rx_invalid_descs;
+        self.tx_invalid_descs += other.tx_invalid_descs;
+        self.tx_ring_empty += other.tx_ring_empty;
+    }
+
     /// Each counter with its name, as `fwd stats` and the metrics label them.
     pub fn named(&self) -> [(&'static str, u64); 6] {
         [

@@ -135,8 +135,8 @@ pub fn rewrite_l2(frame: &mut Frame<'_>, macs: Macs) -> Result<(), DropReason> {
 ///
 /// Errors: `Truncated` if the frame is shorter than 14 bytes or than `l3_offset + inner_len`;
 /// `Malformed` if `l3_offset` is not 14, 18 or 22, `inner_len` disagrees with the inner header's
-/// length field or version; `TooBig` if the outer length field
-/// would overflow; `NoHeadroom` if `frame.headroom()` is below the overhead.
+/// length field or version; `TooBig` if the outer length field would overflow; `NoHeadroom` if
+/// `frame.headroom()` is below the overhead.
 #[inline(always)]
 pub fn encap_ipip(
     frame: &mut Frame<'_>,
@@ -277,8 +277,7 @@ impl EncapPlan {
             .ok_or(DropReason::Truncated)?;
         let (traffic_class, dont_fragment) =
             if inner_is_v6 { inspect_ipv6(inner)? } else { inspect_ipv4(inner)? };
-        let outer = tunnel;
-        let outer_v6 = matches!(outer, Tunnel::V6 { .. });
+        let outer_v6 = matches!(tunnel, Tunnel::V6 { .. });
         let overhead = encap_overhead(gue, outer_v6);
         // The outer length field: IPv4 total length, or IPv6 payload length.
         let length_field = inner_len + overhead - if outer_v6 { IPV6_OVERHEAD } else { 0 };
@@ -288,7 +287,7 @@ impl EncapPlan {
         if frame.headroom() < overhead {
             return Err(DropReason::NoHeadroom);
         }
-        Ok(EncapPlan { l3_offset, inner_len, overhead, outer, traffic_class, dont_fragment })
+        Ok(EncapPlan { l3_offset, inner_len, overhead, outer: tunnel, traffic_class, dont_fragment })
     }
 
     /// Cuts padding, grows the frame by the overhead, moves the link header to the new front and

@@ -11,8 +11,8 @@ use crate::netinfo::{self, Interface};
 use arc_swap::ArcSwap;
 use fwd_afxdp::XdpProgram;
 use fwd_control::admin::{
-    AdminCall, BackendStatus, BatchTimes, ReloadReport, Request, Response, ServiceStatus, StatsReport,
-    StatusReport, WorkerStats,
+    AdminCall, BackendStatus, BatchTimes, ReloadReport, Request, Response, ServiceStatus, SocketStats,
+    StatsReport, StatusReport, WorkerStats,
 };
 use fwd_control::announce::{plan_prefixes, Announcer, ServiceServing};
 use fwd_control::config::{format_mac, host_port, load_config, BackendConfig, Config, ServiceConfig};
@@ -939,12 +939,13 @@ impl Control {
         total
     }
 
-    /// Frames the kernel dropped at the workers' sockets, summed: (rx_ring_full, rx_dropped).
-    pub fn socket_drops(&self) -> (u64, u64) {
-        self.workers
-            .iter()
-            .map(|w| w.socket.read())
-            .fold((0, 0), |(full, dropped), s| (full + s.rx_ring_full, dropped + s.rx_dropped))
+    /// The workers' socket counters, summed.
+    pub fn socket_totals(&self) -> SocketStats {
+        let mut total = SocketStats::default();
+        for w in &self.workers {
+            total.add(&w.socket.read());
+        }
+        total
     }
 }
 

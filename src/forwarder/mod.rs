@@ -17,7 +17,7 @@ use crate::netinfo;
 use anyhow::{bail, Context, Result};
 use control::Control;
 use fwd_afxdp::{AttachMode, BindMode, Port, PortConfig, XdpProgram};
-use fwd_control::admin::{next_call, AdminCall, AdminServer};
+use fwd_control::admin::{next_call, AdminCall, AdminServer, SocketStats};
 use fwd_control::config::{load_config, parse_cores, Config, XdpMode};
 use fwd_control::metrics::MetricsServer;
 use fwd_dataplane::conntrack::Timeouts;
@@ -232,7 +232,7 @@ pub fn run(args: &Args) -> Result<()> {
     // The control loop: admin calls are answered as they come; periodic work every `refresh`.
     let mut last_stats = Instant::now();
     let mut last_totals = WorkerCounters::default();
-    let mut last_socket_drops = (0, 0);
+    let mut last_socket = SocketStats::default();
     let refresh = Duration::from_millis(200);
     let mut next_tick = Instant::now() + refresh;
     let mut health_answered = false;
@@ -281,13 +281,10 @@ pub fn run(args: &Args) -> Result<()> {
         }
         if args.stats && last_stats.elapsed() >= stats_interval {
             let totals = control.totals();
-            let socket_drops = control.socket_drops();
-            eprintln!(
-                "{}",
-                stats_line(&totals, &last_totals, socket_drops, last_socket_drops, last_stats.elapsed())
-            );
+            let socket = control.socket_totals();
+            eprintln!("{}", stats_line(&totals, &last_totals, &socket, &last_socket, last_stats.elapsed()));
             last_totals = totals;
-            last_socket_drops = socket_drops;
+            last_socket = socket;
             last_stats = Instant::now();
         }
     }
@@ -395,8 +392,8 @@ fn totals_line(c: &WorkerCounters) -> String {
 fn stats_line(
     now: &WorkerCounters,
     before: &WorkerCounters,
-    socket_drops: (u64, u64),
-    socket_drops_before: (u64, u64),
+    socket: &SocketStats,
+    socket_before: &SocketStats,
     elapsed: Duration,
 ) -> String {
     let secs = elapsed.as_secs_f64().max(1e-3);
@@ -415,9 +412,9 @@ fn stats_line(
         now.pass,
         now.total_drops(),
         drops_text(now),
-        rate(socket_drops.0 + socket_drops.1, socket_drops_before.0 + socket_drops_before.1),
-        rate(socket_drops.0, socket_drops_before.0),
-        rate(socket_drops.1, socket_drops_before.1),
+        rate(socket.rx_ring_full + socket.rx_dropped, socket_before.rx_ring_full + socket_before.rx_dropped),
+        rate(socket.rx_ring_full, socket_before.rx_ring_full),
+        rate(socket.rx_dropped, socket_before.rx_dropped),
         busy
     )
 }
@@ -481,7 +478,9 @@ mod tests {
             WorkerCounters { rx_packets: 1000, batches: 10, empty_polls: 10, ..WorkerCounters::default() };
         let now =
             WorkerCounters { rx_packets: 3000, batches: 20, empty_polls: 20, ..WorkerCounters::default() };
-        let line = stats_line(&now, &before, (500, 30), (100, 10), Duration::from_secs(2));
+        let socket =
+            |rx_ring_full, rx_dropped| SocketStats { rx_ring_full, rx_dropped, ..SocketStats::default() };
+        let line = stats_line(&now, &before, &socket(500, 30), &socket(100, 10), Duration::from_secs(2));
         assert!(line.starts_with("fwd stats: rx 1000 pps,"), "{line}");
         assert!(
             line.contains("socket drops 210/s (rx_ring_full 200/s, rx_dropped 10/s), busy 50.0%"),

@@ -37,19 +37,20 @@ pub struct SharedSocketStats([AtomicU64; 6]);
 
 impl SharedSocketStats {
     fn publish(&self, k: &KernelStats) {
-        let values = [
-            k.rx_dropped,
-            k.rx_ring_full,
-            k.rx_fill_ring_empty_descs,
-            k.rx_invalid_descs,
-            k.tx_invalid_descs,
-            k.tx_ring_empty_descs,
-        ];
-        for (slot, value) in self.0.iter().zip(values) {
+        let stats = SocketStats {
+            rx_dropped: k.rx_dropped,
+            rx_ring_full: k.rx_ring_full,
+            rx_fill_ring_empty: k.rx_fill_ring_empty_descs,
+            rx_invalid_descs: k.rx_invalid_descs,
+            tx_invalid_descs: k.tx_invalid_descs,
+            tx_ring_empty: k.tx_ring_empty_descs,
+        };
+        for (slot, (_, value)) in self.0.iter().zip(stats.named()) {
             slot.store(value, Ordering::Relaxed);
         }
     }
 
+    /// The atomics hold the counters in [`SocketStats::named`]'s order.
     pub fn read(&self) -> SocketStats {
         let [rx_dropped, rx_ring_full, rx_fill_ring_empty, rx_invalid_descs, tx_invalid_descs, tx_ring_empty] =
             self.0.each_ref().map(|a| a.load(Ordering::Relaxed));

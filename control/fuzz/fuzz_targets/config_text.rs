@@ -8,6 +8,7 @@
 use fwd_control::config::parse_config;
 use fwd_control::tables::{cluster_fingerprint, InterfaceFacts, LiveState, SnapshotBuilder};
 use libfuzzer_sys::fuzz_target;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 const ORIGIN: &str = "fuzz.toml";
 
@@ -24,8 +25,8 @@ fuzz_target!(|data: &[u8]| {
     assert!(config.summary().starts_with("ok: "));
     let iface = InterfaceFacts {
         mac: [0x02, 0, 0, 0, 0, 1],
-        ipv4: Some("198.18.0.1".parse().unwrap()),
-        ipv6: Some("fd00::1".parse().unwrap()),
+        ipv4: Some(Ipv4Addr::new(198, 18, 0, 1)),
+        ipv6: Some(Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 1)),
     };
     let live = LiveState::default();
     let mut builder = SnapshotBuilder::new();

@@ -1291,13 +1291,16 @@ mod tests {
     #[test]
     fn frames_longer_than_a_umem_frame_are_dropped_and_counted_by_the_kernel() {
         const OVERSIZED: u32 = 10;
-        let net = NetnsPair::new();
-        for ns in [&net.a, &net.b] {
-            ns.ip(&["link", "set", IFACE, "mtu", "3000"]);
-        }
         // UDP payload for an IPv4 frame one byte longer than a 2048-byte UMEM frame holds.
         let payload = PortConfig::default().largest_frame() as usize + 1 - 14 - 20 - 8;
         for frame_size in [2048, 4096] {
+            // A pair of its own per run: the kernel releases a closed socket's queue binding (and
+            // the program's socket map) asynchronously, so a second bind to the same queue right
+            // after can fail with EBUSY.
+            let net = NetnsPair::new();
+            for ns in [&net.a, &net.b] {
+                ns.ip(&["link", "set", IFACE, "mtu", "3000"]);
+            }
             let stop = AtomicBool::new(false);
             let (ready_tx, ready_rx) = mpsc::channel();
             let setup = Setup { xdp_mode: AttachMode::Auto, need_wakeup: true, frame_size };

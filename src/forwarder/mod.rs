@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
-use worker::{worker_loop, WorkerExit, WorkerShared};
+use worker::{worker_loop, IdlePolicy, WorkerExit, WorkerShared};
 
 /// A worker whose loop has not come round for this long is stuck: fail closed (withdraw every
 /// prefix) so that the other boxes take its traffic. Far above any batch (microseconds) or idle
@@ -85,6 +85,11 @@ pub struct Args {
     /// (0: pure busy polling, the default; set it on boxes where workers share cores).
     #[arg(long, default_value_t = 0)]
     pub idle_sleep_us: u64,
+    /// After every empty poll, yield the core to any thread waiting for it (a `sched_yield`):
+    /// for boxes where the interface's NAPI thread shares a worker's core (veth, copy mode),
+    /// which otherwise waits for the scheduler to preempt the polling worker.
+    #[arg(long)]
+    pub idle_yield: bool,
     /// Stop after this many seconds (for tests and demos; default: run until a signal).
     #[arg(long)]
     pub run_for: Option<f64>,
@@ -220,11 +225,12 @@ pub fn run(args: &Args) -> Result<()> {
         let shared = Arc::new(WorkerShared::new(core, queue, control.backend_capacity()));
         control.workers.push(shared.clone());
         let (snapshots, stop) = (control.snapshots.clone(), stop_workers.clone());
-        let idle_sleep = Duration::from_micros(args.idle_sleep_us);
+        let idle =
+            IdlePolicy { sleep: Duration::from_micros(args.idle_sleep_us), yield_each: args.idle_yield };
         workers.push(
             std::thread::Builder::new()
                 .name(format!("fwd-worker-{core}"))
-                .spawn(move || worker_loop(port, worker_config, snapshots, shared, stop, idle_sleep, epoch))
+                .spawn(move || worker_loop(port, worker_config, snapshots, shared, stop, idle, epoch))
                 .context("starting a worker thread")?,
         );
     }

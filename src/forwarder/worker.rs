@@ -97,8 +97,19 @@ pub struct WorkerExit {
 
 /// Connection-table buckets counted per census step (8 entries each).
 const CENSUS_BUCKETS: usize = 64;
+/// What an idle worker gives up of its core. Busy polling alone (the default) suits a worker with
+/// a core of its own; where the interface's receive side runs on the worker's core (threaded NAPI
+/// on veth, copy mode), the worker must let it run as soon as frames arrive.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdlePolicy {
+    /// Nap this long after IDLE_POLLS empty polls in a row (zero: never).
+    pub sleep: Duration,
+    /// Yield the core after every empty poll.
+    pub yield_each: bool,
+}
+
 /// Empty polls in a row after which the worker counts as idle: it takes a census step, and naps
-/// if `idle_sleep` is set.
+/// if the idle policy says so.
 const IDLE_POLLS: u32 = 1024;
 /// Empty polls in a row between two looks at the clock (heartbeat, stop flag, housekeeping).
 const CLOCK_EVERY: u32 = 64;
@@ -114,7 +125,7 @@ pub fn worker_loop(
     snapshots: Arc<ArcSwap<Snapshot>>,
     shared: Arc<WorkerShared>,
     stop: Arc<AtomicBool>,
-    idle_sleep: Duration,
+    idle: IdlePolicy,
     epoch: Instant,
 ) -> WorkerExit {
     let core = shared.core;
@@ -163,6 +174,9 @@ pub fn worker_loop(
             worker.note_empty_poll();
             empty_streak += 1;
             polls_since_clock += 1;
+            if idle.yield_each {
+                std::thread::yield_now();
+            }
         }
         let idle_point = batch_end.is_none() && empty_streak.is_multiple_of(IDLE_POLLS);
         if batch_end.is_none() && !idle_point && polls_since_clock < CLOCK_EVERY {
@@ -201,8 +215,8 @@ pub fn worker_loop(
                 h.reset();
             }
         }
-        if idle_point && !idle_sleep.is_zero() {
-            std::thread::sleep(idle_sleep);
+        if idle_point && !idle.sleep.is_zero() {
+            std::thread::sleep(idle.sleep);
         }
     }
     shared.counters.publish(worker.counters());

@@ -67,6 +67,9 @@ struct Args {
     /// 0 busy-polls; set it where the poller shares its core with the interface's NAPI thread).
     #[arg(long, default_value_t = 0)]
     idle_sleep_us: u64,
+    /// Yield the core after every empty poll (fwd's `--idle-yield`).
+    #[arg(long)]
+    idle_yield: bool,
 }
 
 fn main() -> Result<()> {
@@ -129,6 +132,9 @@ fn main() -> Result<()> {
         if port.poll(args.batch, &mut swap) == 0 {
             empty_polls += 1;
             empty_streak += 1;
+            if args.idle_yield {
+                std::thread::yield_now();
+            }
             if empty_streak.is_multiple_of(1024) && !idle_sleep.is_zero() {
                 std::thread::sleep(idle_sleep);
             }

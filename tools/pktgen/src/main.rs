@@ -292,12 +292,11 @@ fn run(args: &Args) -> Result<()> {
             let (source, pacer, count, deadline_ns) = match &send_setup {
                 Some(s) => {
                     let source = FrameSource::new(&s.spec, s.link, run_id | t as u32, t, threads);
-                    let pacer =
-                        Pacer { per_second: s.spec.rate_pps.map(|r| r as f64 / threads as f64), start_ns };
+                    let pacer = Pacer::new(s.spec.rate_pps.map(|r| r as f64 / threads as f64), start_ns);
                     let count = s.spec.count.map(|c| c / threads + u64::from(t < c % threads));
                     (Some(source), pacer, count, None)
                 }
-                None => (None, Pacer { per_second: None, start_ns }, None, None),
+                None => (None, Pacer::new(None, start_ns), None, None),
             };
             jobs.push(Job {
                 endpoint,
@@ -446,13 +445,15 @@ fn build_report(
         "endpoints": description,
         "elapsed_s": elapsed,
         "threads": results.iter().map(|r| serde_json::json!({
-            "stream": r.stream.map(|s| format!("{s:08x}")), "sent": r.sent, "flows": r.flows,
+            "stream": r.stream.map(|s| format!("{s:08x}")), "sent": r.sent,
+            "behind_schedule": r.behind_schedule, "flows": r.flows,
             "core": r.pinned, "endpoint": r.endpoint,
         })).collect::<Vec<_>>(),
     });
     if let Some(s) = send_setup {
         let sent: u64 = results.iter().map(|r| r.sent).sum();
         let bytes: u64 = results.iter().map(|r| r.sent_bytes).sum();
+        let behind_schedule: u64 = results.iter().map(|r| r.behind_schedule).sum();
         let first = results.iter().map(|r| r.send_started_ns).min().unwrap_or(0);
         let last = results.iter().map(|r| r.send_ended_ns).max().unwrap_or(0);
         let seconds = (last.saturating_sub(first) as f64 / 1e9).max(1e-9);
@@ -467,6 +468,7 @@ fn build_report(
         report["sent"] = serde_json::json!({
             "packets": sent, "bytes": bytes, "seconds": seconds,
             "pps": sent as f64 / seconds, "gbps": bytes as f64 * 8.0 / seconds / 1e9,
+            "behind_schedule": behind_schedule,
         });
     }
     let mut merged: Option<account::Accounting> = None;
@@ -511,6 +513,12 @@ fn summary_text(report: &serde_json::Value) -> String {
             f(&sent["pps"]),
             f(&sent["gbps"])
         );
+        if sent["behind_schedule"].as_u64().unwrap_or(0) > 0 {
+            out += &format!(
+                "          {} packets not sent: the sender fell more than a batch behind its rate\n",
+                sent["behind_schedule"]
+            );
+        }
     }
     if let Some(sink) = report.get("sink") {
         out += &format!(

@@ -47,6 +47,10 @@ const PROTO_DEST_OPTIONS: u8 = 60;
 /// more likely an attempt to push the L4 header out of reach (RFC 7112) than a real packet.
 pub const MAX_IPV6_EXT_HEADERS: usize = 8;
 
+/// The most bytes [`parse_common_into`] reads of a frame: Ethernet, one VLAN tag, the IPv6
+/// header and a TCP header without options (the pipeline prefetches up to here).
+pub const COMMON_HEADERS_SPAN: usize = ETHERNET_HEADER_LEN + VLAN_TAG_LEN + IPV6_HEADER_LEN + 20;
+
 const ICMP_HEADER_LEN: usize = 8;
 const ICMPV4_ECHO_REQUEST: u8 = 8;
 const ICMPV6_ECHO_REQUEST: u8 = 128;

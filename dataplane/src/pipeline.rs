@@ -31,7 +31,7 @@ use crate::frame::Frame;
 use crate::hash::flow_hash;
 use crate::icmp;
 use crate::io::{Batch, Verdict, MAX_BATCH};
-use crate::parse::{parse, parse_common_into, CommonFacts, L4Meta, ParsedFrame};
+use crate::parse::{parse, parse_common_into, CommonFacts, L4Meta, ParsedFrame, COMMON_HEADERS_SPAN};
 use crate::prefetch::{LoadPrefetch, Prefetch};
 use crate::rewrite::{encap_gue, encap_ipip, encap_overhead, rewrite_l2, Macs};
 use crate::snapshot::{BackendIdx, ForwardMode, FragmentPolicy, Snapshot, VipMatch};
@@ -261,6 +261,23 @@ impl<P: Prefetch> Worker<P> {
         let n = batch.len().min(verdicts.len()).min(MAX_BATCH);
         let slots = &mut self.slots[..n];
         let verdicts = &mut verdicts[..n];
+        // The headers of the whole batch first. A received frame was written into its buffer by
+        // the kernel (or the NIC) up to a ring's length of frames ago and has usually left the
+        // caches since; the classify loop below does a few hundred instructions per frame, so
+        // its first load of each frame would wait for memory alone, one frame after another:
+        // under load that wait was half of the worker's time (fwd's exit line: ~330 ns per frame
+        // in situ against ~100 in memory). Prefetched together, the batch's misses overlap.
+        for frame in batch.iter() {
+            let data = frame.data();
+            if let Some(first) = data.first() {
+                P::prefetch(first);
+            }
+            // The last byte the classify pass may read of a plain TCP/UDP frame: the second line
+            // for IPv6 or a VLAN tag (a no-op when it is the first line again).
+            if let Some(last) = data.get(data.len().min(COMMON_HEADERS_SPAN).saturating_sub(1)) {
+                P::prefetch(last);
+            }
+        }
         for ((frame, slot), verdict) in batch.iter().zip(slots.iter_mut()).zip(verdicts.iter_mut()) {
             self.counters.rx_packets += 1;
             self.counters.rx_bytes += frame.len() as u64;

@@ -966,31 +966,24 @@ impl Port {
     /// never claimed: the descriptors stay on the ring for the next [`Port::receive`].
     #[inline]
     fn prefetch_waiting(&self, max: u32) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            let rx = self.socket.rx.ptr();
-            // SAFETY: the RX ring is live and only this port consumes it; its cached indices are
-            // this side's own. Without a refresh of the producer index this sees only
-            // descriptors that `receive`'s peek already found published (with acquire order),
-            // so every slot read below holds a descriptor the kernel finished writing.
-            let (consumer, producer) = unsafe { ((*rx).cached_cons, (*rx).cached_prod) };
-            let waiting = producer.wrapping_sub(consumer).min(max);
-            let umem_len = self.umem.area.len as u64;
-            let base = self.umem.area.base.as_ptr();
-            for i in 0..waiting {
-                // SAFETY: slot consumer+i is among the published, unconsumed ones (above).
-                let desc = unsafe { *rx_slot(rx, consumer.wrapping_add(i)) };
-                if desc.addr < umem_len {
-                    // SAFETY: `desc.addr` is inside the mapping (checked), so the pointer is in
-                    // bounds of one allocation; a prefetch reads nothing into the program and
-                    // never faults (SSE, in x86_64's baseline).
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(base.add(desc.addr as usize).cast::<i8>()) };
-                }
+        let rx = self.socket.rx.ptr();
+        // SAFETY: the RX ring is live and only this port consumes it; its cached indices are
+        // this side's own. Without a refresh of the producer index this sees only descriptors
+        // that `receive`'s peek already found published (with acquire order), so every slot read
+        // below holds a descriptor the kernel finished writing.
+        let (consumer, producer) = unsafe { ((*rx).cached_cons, (*rx).cached_prod) };
+        let waiting = producer.wrapping_sub(consumer).min(max);
+        let umem_len = self.umem.area.len as u64;
+        let base = self.umem.area.base.as_ptr();
+        for i in 0..waiting {
+            // SAFETY: slot consumer+i is among the published, unconsumed ones (above).
+            let desc = unsafe { *rx_slot(rx, consumer.wrapping_add(i)) };
+            if desc.addr < umem_len {
+                // SAFETY: `desc.addr` is inside the mapping (checked), so the pointer stays in
+                // bounds of that one allocation.
+                crate::prefetch::prefetch_line(unsafe { base.add(desc.addr as usize) });
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = max;
     }
 
     /// Puts the `Tx` frames on the TX ring and every other frame back on the fill ring.

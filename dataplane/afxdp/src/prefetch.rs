@@ -16,17 +16,26 @@ impl Prefetch for CpuPrefetch {
     #[inline(always)]
     fn prefetch<T: Copy>(value: &T) {
         #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-            // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has (it is in the target's
-            // baseline features). A prefetch is only a hint: it never faults, reads nothing into
-            // the program's state and writes nothing, whatever the address; this one comes from a
-            // live reference anyway.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(std::ptr::from_ref(value).cast::<i8>()) };
-        }
+        prefetch_line(std::ptr::from_ref(value).cast::<u8>());
         #[cfg(not(target_arch = "x86_64"))]
         fwd_dataplane::prefetch::LoadPrefetch::prefetch(value);
     }
+}
+
+/// `prefetcht0` of the line holding `addr`, for memory the crate reaches by raw pointer (a UMEM
+/// frame the kernel owns until it is received); nothing on other architectures.
+#[inline(always)]
+pub(crate) fn prefetch_line(addr: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        // SAFETY: `_mm_prefetch` needs SSE, which every x86_64 CPU has (it is in the target's
+        // baseline features). A prefetch is only a hint: it never faults, reads nothing into the
+        // program's state and writes nothing, whatever the address.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(addr.cast::<i8>()) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = addr;
 }
 
 #[cfg(test)]

@@ -157,9 +157,10 @@ fn main() -> Result<()> {
     let mpps = stats.tx_frames as f64 / elapsed / 1e6;
     eprintln!(
         "bounce: rx {} tx {} frames in {elapsed:.2} s: {mpps:.3} Mpps; polls busy {busy_polls} empty {empty_polls}; \
-         xdp redirected {} passed {}; kernel rx_dropped {} rx_ring_full {} fill_empty {}",
+         tx kicks {}; xdp redirected {} passed {}; kernel rx_dropped {} rx_ring_full {} fill_empty {}",
         stats.rx_frames,
         stats.tx_frames,
+        stats.tx_kicks,
         xdp.redirected,
         xdp.passed,
         kernel.rx_dropped,

@@ -255,13 +255,41 @@ def family_of(address):
     return socket.AF_INET6 if ":" in address else socket.AF_INET
 
 
+# Every TCP connection's client port, with the scenario and the backend that answered it: a
+# connection that lands where a check says it must not can then be told apart from one whose
+# client reused the ports of an earlier connection (whose tuple fwd may still track).
+PORT_HISTORY = {}
+LAST_PORT = {}
+
+
+def note_port(s, vip, name):
+    try:
+        port = s.getsockname()[1]
+    except OSError:
+        return
+    LAST_PORT[vip] = port
+    PORT_HISTORY.setdefault((vip, port), []).append((S.scenario, name))
+
+
 def connect_once(vip, port=PORT, timeout=2.0):
     """One TCP connection: the backend's name, or "error: ..."."""
     try:
         with socket.create_connection((vip, port), timeout=timeout) as s:
-            return read_line(s)
+            name = read_line(s)
+            note_port(s, vip, name)
+            return name
     except OSError as e:
         return "error: %s" % e
+
+
+def connect_many(vip, count):
+    """`count` connections: [(client port, name)], each port's earlier uses noted in PORT_HISTORY."""
+    out = []
+    for _ in range(count):
+        LAST_PORT.pop(vip, None)
+        name = connect_once(vip)
+        out.append((LAST_PORT.get(vip), name))
+    return out
 
 
 def udp_once(vip, port=PORT, timeout=1.0):
@@ -302,7 +330,9 @@ class LongLived:
         for _ in range(count):
             try:
                 s = socket.create_connection((vip, PORT), timeout=2.0)
-                self.conns.append((s, read_line(s)))
+                name = read_line(s)
+                note_port(s, vip, name)
+                self.conns.append((s, name))
             except OSError as e:
                 self.conns.append((None, "error: %s" % e))
 
@@ -551,8 +581,14 @@ def scenario_drain():
             "status: web-v4 %s is drained (%s)" % (address, view and view["table_state"]))
     other = backend_view(report, "echo-v4", address)
     S.check(is_in(other) and not other["drained"], "status: echo-v4 %s is not (the drain named web-v4)" % address)
-    names = [connect_once(VIP_V4) for _ in range(200)]
+    made = connect_many(VIP_V4, 200)
+    names = [n for _, n in made]
     S.measure("spread_while_drained", spread(names))
+    strays = [{"client_port": p, "earlier_uses": PORT_HISTORY.get((VIP_V4, p), [])[:-1]}
+              for p, n in made if n == target]
+    S.measure("client_ports_used_twice_so_far", sum(len(u) > 1 for (v, _), u in PORT_HISTORY.items() if v == VIP_V4))
+    if strays:
+        S.measure("connections_to_the_drained_backend", strays)
     S.check(all(n in NAMES and n != target for n in names),
             "200 new connections all answered, none by %s (%s)" % (target, spread(names)))
     answers = keep.ask()

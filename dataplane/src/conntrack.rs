@@ -175,7 +175,7 @@ fn has_flag(tcp_flags: Option<u8>, flag: u8) -> bool {
 
 /// A SYN without ACK: a client opening a connection (possibly reusing a closed one's ports).
 #[inline(always)]
-fn is_new_syn(tcp_flags: Option<u8>) -> bool {
+pub(crate) fn is_new_syn(tcp_flags: Option<u8>) -> bool {
     matches!(tcp_flags, Some(f) if f & (TCP_SYN | TCP_ACK) == TCP_SYN)
 }
 

@@ -20,12 +20,13 @@
 //! 3. Fragments go to the one service of their (VIP, protocol), hashed on the 3-tuple, or are
 //!    dropped, as the service's fragment policy says.
 //! 4. TCP/UDP: the service of (VIP, protocol, port); a tracked flow keeps its backend while that
-//!    backend is still in the service and not down (drained backends keep their flows); otherwise
+//!    backend is still in the service and not down (drained backends keep their flows, but a new
+//!    SYN on a drained backend's tuple is a new connection and is not theirs); otherwise
 //!    the Maglev table (or the fallback's, if no backend is up) picks one and the flow is tracked.
 
 use std::marker::PhantomData;
 
-use crate::conntrack::{ConnTable, ConnValue, Timeouts};
+use crate::conntrack::{is_new_syn, ConnTable, ConnValue, Timeouts};
 use crate::counters::{DropReason, WorkerCounters};
 use crate::flow::FlowKey;
 use crate::frame::Frame;
@@ -35,7 +36,7 @@ use crate::io::{Batch, Verdict, MAX_BATCH};
 use crate::parse::{parse, parse_common_into, CommonFacts, L4Meta, ParsedFrame, COMMON_HEADERS_SPAN};
 use crate::prefetch::{LoadPrefetch, Prefetch};
 use crate::rewrite::{encap_gue, encap_ipip, encap_overhead, rewrite_l2, Macs};
-use crate::snapshot::{BackendIdx, ForwardMode, FragmentPolicy, Snapshot, VipMatch};
+use crate::snapshot::{BackendIdx, BackendState, ForwardMode, FragmentPolicy, Snapshot, VipMatch};
 
 /// Sizing of a worker's state, from the config.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -474,8 +475,13 @@ fn pick_backend(
     now_ms: u64,
 ) -> Result<BackendIdx, DropReason> {
     if let Some(v) = conns.lookup(&slot.key, slot.hash, now_ms, slot.tcp_flags) {
-        if snap.tracked_backend(v.backend, v.tag).is_some_and(|b| b.service == slot.service) {
-            return Ok(v.backend);
+        if let Some(b) = snap.tracked_backend(v.backend, v.tag).filter(|b| b.service == slot.service) {
+            // A SYN without ACK opens a new connection on the tuple (the client reused the ports
+            // of one whose close we did not see, e.g. reset by its backend): a drained backend
+            // takes no new connections, so it is picked afresh, as IPVS does for weight 0.
+            if b.state == BackendState::Up || !is_new_syn(slot.tcp_flags) {
+                return Ok(v.backend);
+            }
         }
     }
     let idx = snap.maglev_pick(slot.service, slot.hash).ok_or(DropReason::NoBackend)?;

@@ -154,6 +154,19 @@ fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: usize) -> V
     out
 }
 
+fn tcp4_flags(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool, ack: bool) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC).ipv4(src, dst, 63).tcp(sport, dport, 1, 1000);
+    if syn {
+        b = b.syn();
+    }
+    if ack {
+        b = b.ack(1);
+    }
+    let mut out = Vec::new();
+    b.write(&mut out, &[]).unwrap();
+    out
+}
+
 fn udp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: usize) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC).ipv4(src, dst, 63).udp(sport, dport);
     let mut out = Vec::new();
@@ -668,6 +681,32 @@ fn tracked_flows_survive_table_changes_and_drains() {
     let fresh: Vec<Vec<u8>> = (0..300).map(|i| tcp4(CLIENT4, VIP4, 20000 + i, 80, 0)).collect();
     let (_, io) = run(&mut w, &drained, &fresh, 10);
     assert!(io.tx.iter().all(|f| l2_backend_of(f) != 0), "no new flow to the drained backend");
+    // A SYN on a tuple tracked to the drained backend is a new connection (the client reused the
+    // ports, its old connection having been reset without us seeing it): it goes elsewhere and
+    // is tracked there. Segments of the old connection stay (checked above), as does a SYN+ACK,
+    // and a SYN on a tuple whose backend is still up keeps that backend.
+    let syn_acks: Vec<Vec<u8>> =
+        (0..300).map(|i| tcp4_flags(CLIENT4, VIP4, 10000 + i, 80, true, true)).collect();
+    let (_, io) = run(&mut w, &drained, &syn_acks, 14);
+    let kept: Vec<usize> = io.tx.iter().map(|f| l2_backend_of(f)).collect();
+    assert_eq!(first, kept, "a SYN with ACK is not a new connection");
+    let syns: Vec<Vec<u8>> =
+        (0..300).map(|i| tcp4_flags(CLIENT4, VIP4, 10000 + i, 80, true, false)).collect();
+    let (_, io) = run(&mut w, &drained, &syns, 15);
+    let reopened: Vec<usize> = io.tx.iter().map(|f| l2_backend_of(f)).collect();
+    assert!(first.contains(&0), "the drained backend had flows");
+    for (a, b) in first.iter().zip(&reopened) {
+        if *a == 0 {
+            assert_ne!(*b, 0, "a new SYN does not reach the drained backend");
+        } else {
+            assert_eq!(a, b, "a SYN on a tuple of a backend still up keeps it");
+        }
+    }
+    let acks: Vec<Vec<u8>> =
+        (0..300).map(|i| tcp4_flags(CLIENT4, VIP4, 10000 + i, 80, false, true)).collect();
+    let (_, io) = run(&mut w, &drained, &acks, 16);
+    let followed: Vec<usize> = io.tx.iter().map(|f| l2_backend_of(f)).collect();
+    assert_eq!(reopened, followed, "the reopened connections stay where their SYN went");
 
     // Backend 0 goes down: its flows move, the others' do not.
     let mut s = spec(vip, L4Proto::Tcp, Some(80), ForwardMode::L2, L2_V4);

@@ -584,8 +584,8 @@ def scenario_drain():
     made = connect_many(VIP_V4, 200)
     names = [n for _, n in made]
     S.measure("spread_while_drained", spread(names))
-    strays = [{"client_port": p, "earlier_uses": PORT_HISTORY.get((VIP_V4, p), [])[:-1]}
-              for p, n in made if n == target]
+    strays = [{"nth_after_the_drain": i, "client_port": p, "earlier_uses": PORT_HISTORY.get((VIP_V4, p), [])[:-1]}
+              for i, (p, n) in enumerate(made) if n == target]
     S.measure("client_ports_used_twice_so_far", sum(len(u) > 1 for (v, _), u in PORT_HISTORY.items() if v == VIP_V4))
     if strays:
         S.measure("connections_to_the_drained_backend", strays)

@@ -259,37 +259,31 @@ def family_of(address):
 # connection that lands where a check says it must not can then be told apart from one whose
 # client reused the ports of an earlier connection (whose tuple fwd may still track).
 PORT_HISTORY = {}
-LAST_PORT = {}
 
 
 def note_port(s, vip, name):
+    """Records the connection's client port in PORT_HISTORY; returns it (None if unknown)."""
     try:
         port = s.getsockname()[1]
     except OSError:
-        return
-    LAST_PORT[vip] = port
+        return None
     PORT_HISTORY.setdefault((vip, port), []).append((S.scenario, name))
+    return port
+
+
+def connect_with_port(vip, port=PORT, timeout=2.0):
+    """One TCP connection: (client port or None, the backend's name or "error: ...")."""
+    try:
+        with socket.create_connection((vip, port), timeout=timeout) as s:
+            name = read_line(s)
+            return note_port(s, vip, name), name
+    except OSError as e:
+        return None, "error: %s" % e
 
 
 def connect_once(vip, port=PORT, timeout=2.0):
     """One TCP connection: the backend's name, or "error: ..."."""
-    try:
-        with socket.create_connection((vip, port), timeout=timeout) as s:
-            name = read_line(s)
-            note_port(s, vip, name)
-            return name
-    except OSError as e:
-        return "error: %s" % e
-
-
-def connect_many(vip, count):
-    """`count` connections: [(client port, name)], each port's earlier uses noted in PORT_HISTORY."""
-    out = []
-    for _ in range(count):
-        LAST_PORT.pop(vip, None)
-        name = connect_once(vip)
-        out.append((LAST_PORT.get(vip), name))
-    return out
+    return connect_with_port(vip, port, timeout)[1]
 
 
 def udp_once(vip, port=PORT, timeout=1.0):
@@ -581,7 +575,7 @@ def scenario_drain():
             "status: web-v4 %s is drained (%s)" % (address, view and view["table_state"]))
     other = backend_view(report, "echo-v4", address)
     S.check(is_in(other) and not other["drained"], "status: echo-v4 %s is not (the drain named web-v4)" % address)
-    made = connect_many(VIP_V4, 200)
+    made = [connect_with_port(VIP_V4) for _ in range(200)]
     names = [n for _, n in made]
     S.measure("spread_while_drained", spread(names))
     strays = [{"nth_after_the_drain": i, "client_port": p, "earlier_uses": PORT_HISTORY.get((VIP_V4, p), [])[:-1]}

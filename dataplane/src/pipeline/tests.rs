@@ -148,13 +148,18 @@ fn worker() -> Worker {
 }
 
 fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: usize) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC).ipv4(src, dst, 63).tcp(sport, dport, 1, 1000);
-    let mut out = Vec::new();
-    b.write(&mut out, &vec![0xab; payload]).unwrap();
-    out
+    tcp4_flags(src, dst, sport, dport, payload, false, false)
 }
 
-fn tcp4_flags(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool, ack: bool) -> Vec<u8> {
+fn tcp4_flags(
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    dport: u16,
+    payload: usize,
+    syn: bool,
+    ack: bool,
+) -> Vec<u8> {
     let mut b = PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC).ipv4(src, dst, 63).tcp(sport, dport, 1, 1000);
     if syn {
         b = b.syn();
@@ -163,7 +168,7 @@ fn tcp4_flags(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, syn: bool, ack
         b = b.ack(1);
     }
     let mut out = Vec::new();
-    b.write(&mut out, &[]).unwrap();
+    b.write(&mut out, &vec![0xab; payload]).unwrap();
     out
 }
 
@@ -685,15 +690,16 @@ fn tracked_flows_survive_table_changes_and_drains() {
     // ports, its old connection having been reset without us seeing it): it goes elsewhere and
     // is tracked there. Segments of the old connection stay (checked above), as does a SYN+ACK,
     // and a SYN on a tuple whose backend is still up keeps that backend.
-    let syn_acks: Vec<Vec<u8>> =
-        (0..300).map(|i| tcp4_flags(CLIENT4, VIP4, 10000 + i, 80, true, true)).collect();
-    let (_, io) = run(&mut w, &drained, &syn_acks, 14);
-    let kept: Vec<usize> = io.tx.iter().map(|f| l2_backend_of(f)).collect();
+    // The backend each of the 300 tracked tuples reaches with one segment of these flags.
+    let backends_for = |w: &mut Worker, syn: bool, ack: bool, now_ms: u64| -> Vec<usize> {
+        let frames: Vec<Vec<u8>> =
+            (0..300).map(|i| tcp4_flags(CLIENT4, VIP4, 10000 + i, 80, 0, syn, ack)).collect();
+        let (_, io) = run(w, &drained, &frames, now_ms);
+        io.tx.iter().map(|f| l2_backend_of(f)).collect()
+    };
+    let kept = backends_for(&mut w, true, true, 14);
     assert_eq!(first, kept, "a SYN with ACK is not a new connection");
-    let syns: Vec<Vec<u8>> =
-        (0..300).map(|i| tcp4_flags(CLIENT4, VIP4, 10000 + i, 80, true, false)).collect();
-    let (_, io) = run(&mut w, &drained, &syns, 15);
-    let reopened: Vec<usize> = io.tx.iter().map(|f| l2_backend_of(f)).collect();
+    let reopened = backends_for(&mut w, true, false, 15);
     assert!(first.contains(&0), "the drained backend had flows");
     for (a, b) in first.iter().zip(&reopened) {
         if *a == 0 {
@@ -702,10 +708,7 @@ fn tracked_flows_survive_table_changes_and_drains() {
             assert_eq!(a, b, "a SYN on a tuple of a backend still up keeps it");
         }
     }
-    let acks: Vec<Vec<u8>> =
-        (0..300).map(|i| tcp4_flags(CLIENT4, VIP4, 10000 + i, 80, false, true)).collect();
-    let (_, io) = run(&mut w, &drained, &acks, 16);
-    let followed: Vec<usize> = io.tx.iter().map(|f| l2_backend_of(f)).collect();
+    let followed = backends_for(&mut w, false, true, 16);
     assert_eq!(reopened, followed, "the reopened connections stay where their SYN went");
 
     // Backend 0 goes down: its flows move, the others' do not.

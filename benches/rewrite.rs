@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 const L3_OFFSET: usize = 14;
 const FLOW_HASH: u64 = 0x9e37_79b9_7f4a_7c15;
 const GUE_PORT: u16 = 6080;
-const MACS: Macs = Macs { dst: [2, 0, 0, 0, 0, 3], src: [2, 0, 0, 0, 0, 2] };
+const MACS: Macs<'static> = Macs { dst: &[2, 0, 0, 0, 0, 3], src: &[2, 0, 0, 0, 0, 2] };
 
 fn template(frame_len: usize) -> Vec<u8> {
     let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]).ipv4(
@@ -56,10 +56,11 @@ fn echo_template() -> Vec<u8> {
     bytes
 }
 
-const TUNNEL_V4: Tunnel = Tunnel::V4 { src: [198, 18, 255, 1], dst: [198, 18, 10, 2] };
+const TUNNEL_V4: Tunnel =
+    Tunnel::V4 { src: u32::from_be_bytes([198, 18, 255, 1]), dst: u32::from_be_bytes([198, 18, 10, 2]) };
 const TUNNEL_V6: Tunnel = Tunnel::V6 {
-    src: Ipv6Addr::new(0xfd00, 0xff, 0, 0, 0, 0, 0, 1).octets(),
-    dst: Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 2).octets(),
+    src: Ipv6Addr::new(0xfd00, 0xff, 0, 0, 0, 0, 0, 1).to_bits(),
+    dst: Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 2).to_bits(),
 };
 
 type Rewriter = fn(&mut Frame<'_>, usize) -> Result<(), DropReason>;

@@ -100,9 +100,14 @@ impl FlowKey {
     }
 }
 
+/// `::ffff:a.b.c.d`. Built as one 128-bit word, not byte by byte: the pipeline stores it in the
+/// flow key and reads it back at once as two 64-bit words (service lookup, flow hash), and a load
+/// that spans several smaller stores cannot be forwarded from them. With the byte-wise array the
+/// compiler wrote the address as 8 + 4 + 4 bytes, and the lookup's 8-byte load of the last two
+/// waited for them to reach the cache, a tenth of the pipeline's time (perf, stop 19).
 #[inline]
 pub const fn v4_mapped(a: [u8; 4]) -> [u8; 16] {
-    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3]]
+    (0xffff_u128 << 80 | (u32::from_le_bytes(a) as u128) << 96).to_le_bytes()
 }
 
 #[inline]

@@ -536,8 +536,8 @@ fn forward(
 ) -> Result<(), DropReason> {
     let backend = snap.backends.get(slot.backend as usize).ok_or(DropReason::NoBackend)?;
     let facts = &slot.facts;
-    let next_hop = backend.next_hop_mac.ok_or(DropReason::NextHopUnresolved)?;
-    let macs = Macs { dst: next_hop, src: snap.local.mac };
+    let next_hop = backend.next_hop_mac.as_ref().ok_or(DropReason::NextHopUnresolved)?;
+    let macs = Macs { dst: next_hop, src: &snap.local.mac };
     let (l3_offset, packet_len) = (facts.l3_offset as usize, facts.packet_len as usize);
     match backend.mode {
         ForwardMode::L2 => rewrite_l2(frame, macs)?,

@@ -169,23 +169,23 @@ impl LocalInfo {
     #[inline(always)]
     pub fn tunnel_to(&self, dst: IpAddr, hash: u64) -> Option<Tunnel> {
         match dst {
-            IpAddr::V4(dst) => Some(Tunnel::V4 { src: self.tunnel_source_v4(hash)?, dst: dst.octets() }),
-            IpAddr::V6(dst) => Some(Tunnel::V6 { src: self.tunnel_source_v6(hash)?, dst: dst.octets() }),
+            IpAddr::V4(dst) => Some(Tunnel::V4 { src: self.tunnel_source_v4(hash)?, dst: dst.into() }),
+            IpAddr::V6(dst) => Some(Tunnel::V6 { src: self.tunnel_source_v6(hash)?, dst: dst.into() }),
         }
     }
 
     // Multiply-shift, not `%`: a 64-bit division per packet costs more than the whole rewrite.
     #[inline(always)]
-    fn tunnel_source_v4(&self, hash: u64) -> Option<[u8; 4]> {
+    fn tunnel_source_v4(&self, hash: u64) -> Option<u32> {
         let r = self.tunnel_src_v4?;
-        Some(u32::from(r.base).wrapping_add(crate::hash::reduce(hash >> 32, r.count)).to_be_bytes())
+        Some(u32::from(r.base).wrapping_add(crate::hash::reduce(hash >> 32, r.count)))
     }
 
     #[inline(always)]
-    fn tunnel_source_v6(&self, hash: u64) -> Option<[u8; 16]> {
+    fn tunnel_source_v6(&self, hash: u64) -> Option<u128> {
         let r = self.tunnel_src_v6?;
         let pick = crate::hash::reduce(hash >> 32, r.count);
-        Some(u128::from(r.base).wrapping_add(u128::from(pick)).to_be_bytes())
+        Some(u128::from(r.base).wrapping_add(u128::from(pick)))
     }
 }
 

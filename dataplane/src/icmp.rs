@@ -125,17 +125,17 @@ pub fn too_big(
     let icmp_len = ICMP_HEADER_LEN + quote_len;
     // The original's source and destination become the reply's destination and source.
     enum Addrs {
-        V4([u8; 4], [u8; 4]),
-        V6([u8; 16], [u8; 16]),
+        V4(u32, u32),
+        V6(u128, u128),
     }
     let addrs = if is_v6 {
         check_ipv6(original, 0)?;
         let header = original.first_chunk::<IPV6_OVERHEAD>().ok_or(DropReason::Malformed)?;
-        Addrs::V6(sub_array(header, 24), sub_array(header, 8))
+        Addrs::V6(u128::from_be_bytes(sub_array(header, 24)), u128::from_be_bytes(sub_array(header, 8)))
     } else {
         check_ipv4(original)?;
         let header = original.first_chunk::<IPV4_OVERHEAD>().ok_or(DropReason::Malformed)?;
-        Addrs::V4(sub_array(header, 16), sub_array(header, 12))
+        Addrs::V4(u32::from_be_bytes(sub_array(header, 16)), u32::from_be_bytes(sub_array(header, 12)))
     };
     if frame.headroom() < new_headers_len {
         return Err(DropReason::NoHeadroom);
@@ -168,7 +168,7 @@ pub fn too_big(
             write_ipv6_header(header, 6 << 28, payload_len, IPPROTO_ICMPV6, src, dst);
             let [m0, m1, m2, m3] = u32::from(mtu).to_be_bytes();
             let bytes = [ICMPV6_PACKET_TOO_BIG, 0, 0, 0, m0, m1, m2, m3];
-            let pseudo = ipv6_pseudo_header_sum(&src, &dst, icmp_len as u32, IPPROTO_ICMPV6);
+            let pseudo = ipv6_pseudo_header_sum(src, dst, icmp_len as u32, IPPROTO_ICMPV6);
             (bytes, pseudo + (u32::from(ICMPV6_PACKET_TOO_BIG) << 8) + u32::from(mtu))
         }
     };

@@ -404,9 +404,9 @@ struct Walk<'a, const WIDTH: usize> {
 /// while the endgame kept one running minimum: a compare-and-move chain of two cycles per free
 /// slot; with four minima it is about 1.5x cheaper, and 1.5x `sqrt(size)` measured 0.92-0.98 ms
 /// against 0.96-1.13 for `sqrt(size)`, five runs alternated; 2x took 1.04-1.12); testing an
-/// occupancy bitmap (8 KiB, in L1) instead of the table (20% slower: the walks are bound by instructions per tested slot,
-/// not by the table's L2 latency, and a bit test takes more of them); four slots per step in the
-/// last phase instead of two (no change); a zeroed table instead of the `EMPTY` fill (the fill
+/// occupancy bitmap (8 KiB, in L1) instead of the table (20% slower: the walks are bound by
+/// instructions per tested slot, not by the table's L2 latency, and a bit test takes more of
+/// them); four slots per step in the last phase instead of two (no change); a zeroed table instead of the `EMPTY` fill (the fill
 /// is 0.3% of the build); the last phase stepped as a slot index with a conditional subtraction
 /// (no multiplication per slot) instead of in fixed point (no change: best 0.95-0.97 ms either
 /// way, alternated 4x; so the 128-bit multiply's throughput does not bound these walks). Stop 17,

@@ -218,12 +218,8 @@ pub fn encap_gue_with_checksum(
     let checksum = match (plan.outer, ipv6_checksum) {
         (Tunnel::V6 { src, dst }, Ipv6UdpChecksum::Compute) => {
             // Pseudo-header and UDP header from their values, then one pass over the inner packet.
-            let headers = ipv6_pseudo_header_sum(
-                &src.to_be_bytes(),
-                &dst.to_be_bytes(),
-                u32::from(udp_len),
-                IPPROTO_UDP,
-            ) + u32::from(source_port)
+            let headers = ipv6_pseudo_header_sum(src, dst, u32::from(udp_len), IPPROTO_UDP)
+                + u32::from(source_port)
                 + u32::from(gue_port)
                 + u32::from(udp_len);
             let inner = data.get(udp_offset + UDP_OVERHEAD..).ok_or(DropReason::Malformed)?;
@@ -248,10 +244,9 @@ pub fn encap_gue_with_checksum(
 /// The partial one's complement sum of an IPv6 pseudo-header (RFC 8200 section 8.1), from the
 /// values (summing bytes just stored into a scratch buffer would stall store forwarding).
 #[inline(always)]
-pub(crate) fn ipv6_pseudo_header_sum(src: &[u8; 16], dst: &[u8; 16], upper_len: u32, next_header: u8) -> u32 {
+pub(crate) fn ipv6_pseudo_header_sum(src: u128, dst: u128, upper_len: u32, next_header: u8) -> u32 {
     // A 32-bit word is congruent to the sum of its 16-bit halves (mod 0xffff).
-    let words = |address: &[u8; 16]| {
-        let value = u128::from_be_bytes(*address);
+    let words = |value: u128| {
         [value >> 96, value >> 64, value >> 32, value].map(|word| u64::from(word as u32)).iter().sum::<u64>()
     };
     let mut sum = words(src) + words(dst) + u64::from(upper_len) + u64::from(next_header);
@@ -329,28 +324,13 @@ impl EncapPlan {
                 let header = outer.first_chunk_mut::<IPV4_OVERHEAD>().ok_or(DropReason::Malformed)?;
                 let total_len = (self.overhead + self.inner_len) as u16; // bounded by check()
                 let flags = if self.dont_fragment { IPV4_DONT_FRAGMENT } else { 0 };
-                write_ipv4_header(
-                    header,
-                    self.traffic_class,
-                    total_len,
-                    flags,
-                    protocol,
-                    src.to_be_bytes(),
-                    dst.to_be_bytes(),
-                );
+                write_ipv4_header(header, self.traffic_class, total_len, flags, protocol, src, dst);
             }
             Tunnel::V6 { src, dst } => {
                 let header = outer.first_chunk_mut::<IPV6_OVERHEAD>().ok_or(DropReason::Malformed)?;
                 let payload_len = (self.overhead - IPV6_OVERHEAD + self.inner_len) as u16; // bounded
                 let first_word = 6 << 28 | u32::from(self.traffic_class) << 20 | ipv6_flow_label(flow_hash);
-                write_ipv6_header(
-                    header,
-                    first_word,
-                    payload_len,
-                    protocol,
-                    src.to_be_bytes(),
-                    dst.to_be_bytes(),
-                );
+                write_ipv6_header(header, first_word, payload_len, protocol, src, dst);
             }
         }
         Ok(())
@@ -365,12 +345,11 @@ pub(crate) fn write_ipv4_header(
     total_len: u16,
     flags: u8,
     protocol: u8,
-    src: [u8; 4],
-    dst: [u8; 4],
+    src_word: u32,
+    dst_word: u32,
 ) {
     // The checksum comes from the field values, not from re-reading the bytes just stored (a
     // 16-bit load over two byte stores stalls store forwarding).
-    let (src_word, dst_word) = (u32::from_be_bytes(src), u32::from_be_bytes(dst));
     let sum = (0x4500 | u32::from(tos))
         + u32::from(total_len)
         + (u32::from(flags) << 8)
@@ -401,15 +380,15 @@ pub(crate) fn write_ipv6_header(
     first_word: u32,
     payload_len: u16,
     next_header: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: u128,
+    dst: u128,
 ) {
     header[0..4].copy_from_slice(&first_word.to_be_bytes());
     header[4..6].copy_from_slice(&payload_len.to_be_bytes());
     header[6] = next_header;
     header[7] = OUTER_TTL;
-    header[8..24].copy_from_slice(&src);
-    header[24..40].copy_from_slice(&dst);
+    header[8..24].copy_from_slice(&src.to_be_bytes());
+    header[24..40].copy_from_slice(&dst.to_be_bytes());
 }
 
 /// Traffic class and DF of an inner IPv4 packet whose length is `inner.len()`.

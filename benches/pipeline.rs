@@ -519,7 +519,7 @@ fn warm_worker<P: Prefetch>(snap: &Snapshot, frames: &[Vec<u8>], label: &str) ->
     let after = fwd_afxdp::memory::anon_huge_page_bytes().unwrap_or(0);
     eprintln!(
         "{label}: connection table {} MiB, {} MiB of it in huge pages",
-        (worker.conns().capacity() * 56) >> 20,
+        (worker.conns().capacity() * 72) >> 20,
         after.saturating_sub(before) >> 20
     );
     let mut io = CompactReplay::new(frames);

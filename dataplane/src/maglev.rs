@@ -113,7 +113,13 @@ impl MaglevTable {
     /// The member index for a flow hash, or `None` if no member has a weight.
     #[inline]
     pub fn lookup(&self, hash: u64) -> Option<u16> {
-        self.slots.get(reduce(hash, self.size) as usize).copied()
+        self.slot(hash).copied()
+    }
+
+    /// The slot [`MaglevTable::lookup`] reads (for prefetching it).
+    #[inline(always)]
+    pub fn slot(&self, hash: u64) -> Option<&u16> {
+        self.slots.get(reduce(hash, self.size) as usize)
     }
 
     pub fn size(&self) -> u32 {

@@ -280,37 +280,54 @@ impl<P: Prefetch> Worker<P> {
                 P::prefetch(last);
             }
         }
-        for ((frame, slot), verdict) in batch.iter().zip(slots.iter_mut()).zip(verdicts.iter_mut()) {
-            self.counters.rx_packets += 1;
-            self.counters.rx_bytes += frame.len() as u64;
-            let data = frame.data();
-            // Plain TCP/UDP (nearly all traffic to a VIP) in a few loads; everything else, and the
-            // rules for it, in `classify_other`.
-            let common = parse_common_into(data, &mut slot.key);
-            let done = match common {
-                Some(c) => classify_flow(snap, slot, FrameFacts::of_common(&c), c.tcp_flags, true),
-                None => classify_other(snap, data, slot),
-            };
-            if let Some(v) = done {
-                slot.todo = Todo::Done;
-                *verdict = v;
+        // Classify in two halves, each followed by the prefetch of its connection-table bucket
+        // headers, so that the first half's headers load while the second half is classified:
+        // 3-4% less time per batch of 32 at a million flows than one pass. A finer pipeline
+        // (groups of 8 frames, each stage a group behind the one before) measured slower there:
+        // 1.62-1.67 µs per batch against 1.54-1.57.
+        let half = n.div_ceil(2).max(1);
+        let frames = batch.get(..n).unwrap_or_default();
+        for ((frames, slots), verdicts) in
+            frames.chunks(half).zip(slots.chunks_mut(half)).zip(verdicts.chunks_mut(half))
+        {
+            for ((frame, slot), verdict) in frames.iter().zip(slots.iter_mut()).zip(verdicts.iter_mut()) {
+                self.counters.rx_packets += 1;
+                self.counters.rx_bytes += frame.len() as u64;
+                let data = frame.data();
+                // Plain TCP/UDP (nearly all traffic to a VIP) in a few loads; everything else, and
+                // the rules for it, in `classify_other`.
+                let common = parse_common_into(data, &mut slot.key);
+                let done = match common {
+                    Some(c) => classify_flow(snap, slot, FrameFacts::of_common(&c), c.tcp_flags, true),
+                    None => classify_other(snap, data, slot),
+                };
+                if let Some(v) = done {
+                    slot.todo = Todo::Done;
+                    *verdict = v;
+                }
             }
-        }
-        // The connection-table loads of the batch, in a loop of their own: its misses then overlap.
-        // A load (safe code has no prefetch instruction) in the classify loop above waits for its
-        // miss with the reorder buffer full of that loop's work: at a million flows that doubled
-        // the time per packet.
-        for slot in slots.iter() {
-            if matches!(slot.todo, Todo::Forward | Todo::Follow) {
-                self.conns.prefetch::<P>(slot.hash);
+            // In a loop of its own. In the classify loop, a load (`LoadPrefetch`: safe code has
+            // no prefetch instruction) waits for its miss with the reorder buffer full of that
+            // loop's work (at a million flows that doubled the time per packet), and even the
+            // CPU's prefetch instruction measured slower there (2.0-2.5 µs per batch against 1.6).
+            for slot in slots.iter() {
+                if matches!(slot.todo, Todo::Forward | Todo::Follow) {
+                    self.conns.prefetch::<P>(slot.hash);
+                }
             }
         }
         // Then the entry line a hit reads, found through the header line just loaded: in a table
-        // that lives in memory each hit would otherwise wait for it in turn.
+        // that lives in memory each hit would otherwise wait for it in turn. A flow the table
+        // lacks will be placed by Maglev: its slot is loaded instead (at a million flows, the
+        // 1% of packets that missed spent 4% of the time waiting for the Maglev table).
         if self.conns.outgrows_cache() {
             for slot in slots.iter() {
-                if matches!(slot.todo, Todo::Forward | Todo::Follow) {
-                    self.conns.prefetch_entry::<P>(slot.hash);
+                if matches!(slot.todo, Todo::Forward | Todo::Follow)
+                    && !self.conns.prefetch_entry::<P>(slot.hash)
+                {
+                    if let Some(maglev_slot) = snap.maglev_slot(slot.service, slot.hash) {
+                        P::prefetch(maglev_slot);
+                    }
                 }
             }
         }

@@ -397,6 +397,17 @@ impl Snapshot {
         members.get(usize::from(table.lookup(hash)?)).copied()
     }
 
+    /// The Maglev table slot [`Snapshot::maglev_pick`] reads for this flow (for prefetching).
+    #[inline(always)]
+    pub fn maglev_slot(&self, service: u32, hash: u64) -> Option<&u16> {
+        let svc = self.services.get(service as usize)?;
+        if !svc.table.is_empty() {
+            svc.table.slot(hash)
+        } else {
+            svc.fallback.as_ref()?.table.slot(hash)
+        }
+    }
+
     /// Applies the service's flow-key policy to `key` in place (see [`Snapshot::service_flow_key`]).
     #[inline(always)]
     pub fn apply_flow_key_policy(&self, service: u32, key: &mut FlowKey) {

@@ -32,7 +32,8 @@
 //! (and the TLB) the entries then sit in the same 4 KiB page as their header, so a lookup walks
 //! the page tables once, not twice. Measured at 1 000 000 entries, batches of 32 lookups took
 //! about 30% less time (without prefetching) this way than with the headers in an array of their
-//! own.
+//! own. On the Zen 5 VM of stop 20, with 2 MiB pages and line-sized entries, separate arrays
+//! changed nothing at a million flows and cost 8-10% at 10 000 (pipeline benchmark).
 //!
 //! # Time
 //!
@@ -460,8 +461,10 @@ impl ConnTable {
     ///
     /// Measured with batches of 32 (`benches/conntrack.rs`), with [`LoadPrefetch`] (an ordinary
     /// load): at 1 000 000 entries 20-25% less time per packet than without it; at 10 000 entries
-    /// (cache-resident) it changes little. Loading all seven lines of the bucket instead gained
-    /// another 10% at 1 000 000 entries but cost 10% at 10 000, so only the header line is touched.
+    /// (cache-resident) it changes little. Loading every line of the bucket instead gained
+    /// another 10% at 1 000 000 entries but cost 10% at 10 000 (stop 10, Zen 1); in the pipeline,
+    /// with [`ConnTable::prefetch_entry`] as the second step, it was slower at a million flows too
+    /// (stop 20, Zen 5), so only the header line is touched.
     #[inline]
     pub fn prefetch<P: Prefetch>(&self, hash: u64) {
         if let Some(bucket) = self.buckets.get(self.bucket_index(hash)) {

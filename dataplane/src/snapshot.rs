@@ -387,24 +387,26 @@ impl Snapshot {
     /// call it.
     #[inline]
     pub fn maglev_pick(&self, service: u32, hash: u64) -> Option<BackendIdx> {
-        let svc = self.services.get(service as usize)?;
-        let (members, table) = if !svc.table.is_empty() {
-            (&svc.members, &svc.table)
-        } else {
-            let fb = svc.fallback.as_ref()?;
-            (&fb.members, &fb.table)
-        };
+        let (members, table) = self.placing_table(service)?;
         members.get(usize::from(table.lookup(hash)?)).copied()
     }
 
     /// The Maglev table slot [`Snapshot::maglev_pick`] reads for this flow (for prefetching).
     #[inline(always)]
     pub fn maglev_slot(&self, service: u32, hash: u64) -> Option<&u16> {
+        self.placing_table(service)?.1.slot(hash)
+    }
+
+    /// The members and Maglev table that place the service's new flows: its own, or its
+    /// fallback's when none of its backends is up (an empty table).
+    #[inline(always)]
+    fn placing_table(&self, service: u32) -> Option<(&[BackendIdx], &MaglevTable)> {
         let svc = self.services.get(service as usize)?;
         if !svc.table.is_empty() {
-            svc.table.slot(hash)
+            Some((&svc.members, &svc.table))
         } else {
-            svc.fallback.as_ref()?.table.slot(hash)
+            let fallback = svc.fallback.as_ref()?;
+            Some((&fallback.members, &fallback.table))
         }
     }
 

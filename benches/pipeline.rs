@@ -1,6 +1,6 @@
 //! The whole per-packet pipeline on one core, in memory: nanoseconds per packet and packets per
-//! second of `Worker::process_batch` fed by a replaying I/O, which copies template frames into its
-//! buffers on every poll as a NIC would have written them.
+//! second of `Worker::process_batch_ahead` (as fwd's workers run it) fed by a replaying I/O, which
+//! copies template frames into its buffers one poll ahead, as a NIC would have written them.
 //!
 //! The matrix (frames of 64 bytes, IPv6 74; the connection table sized twice the flow count, so
 //! after warm-up nearly every packet is a hit: the bench prints the miss rate; Maglev tables of
@@ -15,6 +15,9 @@
 //! * `tcp4-ipip-loadprefetch` at 10 000 and 1 000 000 flows, batch 32: the main case with the
 //!   dataplane crate's portable prefetch (ordinary loads) instead of the CPU's prefetch
 //!   instruction that fwd's workers use (`fwd_afxdp::CpuPrefetch`, as every other case here);
+//! * `tcp4-ipip-noahead` at 10 000 and 1 000 000 flows, batch 32: the main case without
+//!   classifying ahead (`Worker::process_batch` instead of `process_batch_ahead`: each batch
+//!   classified in its own poll);
 //! * `naive-l2`, `naive-ipip`: the peer, the same placement done the obvious way in the same run:
 //!   `etherparse::SlicedPacket::from_ethernet`, a std `HashMap` (SipHash) for the service and one
 //!   for the flow, then a MAC rewrite (and for ipip an outer IPv4 header built with etherparse).
@@ -40,7 +43,7 @@ use fwd_dataplane::conntrack::Timeouts;
 use fwd_dataplane::counters::DropReason;
 use fwd_dataplane::flow::{FlowKey, L4Proto};
 use fwd_dataplane::frame::{Frame, HEADROOM};
-use fwd_dataplane::io::{Batch, PacketIo, ReplayIo, Verdict, BUF_SIZE, MAX_BATCH};
+use fwd_dataplane::io::{Ahead as AheadFrames, Batch, PacketIo, ReplayIo, Verdict, BUF_SIZE, MAX_BATCH};
 use fwd_dataplane::maglev::{BackendKey, MaglevMember, MaglevTable, DEFAULT_TABLE_SIZE};
 use fwd_dataplane::pipeline::{Worker, WorkerConfig};
 use fwd_dataplane::prefetch::{LoadPrefetch, Prefetch};
@@ -280,13 +283,18 @@ fn many_services() -> (Snapshot, Vec<IpAddr>) {
 const TEMPLATE_STRIDE: usize = 80;
 
 /// `ReplayIo`'s loop with the templates packed [`TEMPLATE_STRIDE`] bytes apart: a million
-/// templates take 80 MB instead of 2.3 GB. Each poll copies the next templates into the batch's
-/// buffers, hands them to `process`, reads back where each frame now starts (as a transmit ring
+/// templates take 80 MB instead of 2.3 GB. Like `ReplayIo`, it writes each batch one poll early
+/// into one of two buffer sets and shows it as the frames ahead of the batch before; each poll
+/// hands the batch to `process`, reads back where each frame now starts (as a transmit ring
 /// would) and counts the verdicts.
 struct CompactReplay {
     templates: Vec<u8>,
     lens: Vec<u8>,
-    bufs: Vec<Box<[u8]>>,
+    sets: [Vec<Box<[u8]>>; 2],
+    /// The frame length in each buffer of each set.
+    set_lens: [[usize; MAX_BATCH]; 2],
+    ahead_set: usize,
+    ahead_len: usize,
     next: usize,
     tx: u64,
     passed: u64,
@@ -301,25 +309,64 @@ impl CompactReplay {
             slot[..f.len()].copy_from_slice(f);
             lens.push(u8::try_from(f.len()).expect("template longer than 255 bytes"));
         }
-        let bufs = (0..MAX_BATCH).map(|_| vec![0u8; BUF_SIZE].into_boxed_slice()).collect();
-        CompactReplay { templates, lens, bufs, next: 0, tx: 0, passed: 0, dropped: 0 }
+        let set = || (0..MAX_BATCH).map(|_| vec![0u8; BUF_SIZE].into_boxed_slice()).collect();
+        CompactReplay {
+            templates,
+            lens,
+            sets: [set(), set()],
+            set_lens: [[0; MAX_BATCH]; 2],
+            ahead_set: 0,
+            ahead_len: 0,
+            next: 0,
+            tx: 0,
+            passed: 0,
+            dropped: 0,
+        }
+    }
+
+    /// Writes the next `n` templates into the set's first `n` buffers.
+    fn fill(&mut self, set: usize, n: usize) {
+        for (buf, buf_len) in self.sets[set % 2][..n].iter_mut().zip(self.set_lens[set % 2].iter_mut()) {
+            let t = self.next;
+            self.next = if t + 1 == self.lens.len() { 0 } else { t + 1 };
+            let len = usize::from(self.lens[t]);
+            buf[HEADROOM..HEADROOM + len]
+                .copy_from_slice(&self.templates[t * TEMPLATE_STRIDE..t * TEMPLATE_STRIDE + len]);
+            *buf_len = len;
+        }
     }
 }
 
 impl PacketIo for CompactReplay {
-    fn poll(&mut self, max: usize, process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict])) -> usize {
+    fn poll_ahead(
+        &mut self,
+        max: usize,
+        process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict], &AheadFrames<'_>),
+    ) -> usize {
         let n = max.clamp(1, MAX_BATCH);
+        let count = self.lens.len();
+        if self.ahead_len != n {
+            self.next = (self.next + count - self.ahead_len % count) % count;
+            self.fill(self.ahead_set, n);
+        }
+        let batch_set = self.ahead_set;
+        self.fill(1 - batch_set, n);
+        self.ahead_set = 1 - batch_set;
+        self.ahead_len = n;
+        let (batch_lens, ahead_lens) = (&self.set_lens[batch_set], &self.set_lens[1 - batch_set]);
+        let [first, second] = &mut self.sets;
+        let (batch_bufs, ahead_bufs) = if batch_set == 0 { (first, &*second) } else { (second, &*first) };
         let mut batch: Batch<'_> = ArrayVec::new();
-        for buf in self.bufs[..n].iter_mut() {
-            let t = self.next;
-            self.next = if t + 1 == self.lens.len() { 0 } else { t + 1 };
-            let len = usize::from(self.lens[t]);
-            let src = &self.templates[t * TEMPLATE_STRIDE..t * TEMPLATE_STRIDE + len];
-            buf[HEADROOM..HEADROOM + len].copy_from_slice(src);
+        for (buf, &len) in batch_bufs[..n].iter_mut().zip(batch_lens) {
             batch.push(Frame::new(buf, HEADROOM, len).expect("template fits a buffer"));
         }
+        let ahead: AheadFrames<'_> = ahead_bufs[..n]
+            .iter()
+            .zip(ahead_lens)
+            .map(|(buf, &len)| &buf[HEADROOM..HEADROOM + len])
+            .collect();
         let mut verdicts = [Verdict::Drop(DropReason::Malformed); MAX_BATCH];
-        process(&mut batch, &mut verdicts[..n]);
+        process(&mut batch, &mut verdicts[..n], &ahead);
         let mut spans = 0usize;
         for f in &batch {
             spans = spans.wrapping_add(f.start() ^ f.len());
@@ -527,6 +574,13 @@ fn warm_worker<P: Prefetch>(snap: &Snapshot, frames: &[Vec<u8>], label: &str) ->
     worker
 }
 
+/// Whether the pipeline sees the frames the I/O shows ahead of each batch, as fwd's workers do.
+#[derive(Clone, Copy)]
+enum Ahead {
+    Classify,
+    Ignore,
+}
+
 /// Benches the pipeline at `batch` through `io`, checking afterwards that nothing was dropped.
 fn bench_pipeline<P: Prefetch>(
     c: &mut Criterion,
@@ -535,14 +589,18 @@ fn bench_pipeline<P: Prefetch>(
     worker: &mut Worker<P>,
     snap: &Snapshot,
     batch: usize,
+    ahead: Ahead,
 ) {
     let id = format!("{id}/{}/b{batch}", io.name());
     let mut group = c.benchmark_group("pipeline");
     group.throughput(Throughput::Elements(batch as u64));
-    let mut process = |b: &mut Batch<'_>, v: &mut [Verdict]| worker.process_batch(snap, b, v, NOW_MS);
+    let mut process = |b: &mut Batch<'_>, v: &mut [Verdict], a: &AheadFrames<'_>| match ahead {
+        Ahead::Classify => worker.process_batch_ahead(snap, b, v, a, NOW_MS),
+        Ahead::Ignore => worker.process_batch(snap, b, v, NOW_MS),
+    };
     group.bench_function(&id, |b| {
         iter_cpu(b, || {
-            black_box(io.poll(batch, &mut process));
+            black_box(io.poll_ahead(batch, &mut process));
         })
     });
     group.finish();
@@ -598,10 +656,10 @@ fn benches(c: &mut Criterion) {
         let mut replay =
             (flows <= REPLAY_IO_MAX_FLOWS).then(|| ReplayIo::new(&frames).expect("templates fit"));
         for batch in BATCHES {
-            bench_pipeline(c, &label, &mut compact, &mut worker, &snap, batch);
+            bench_pipeline(c, &label, &mut compact, &mut worker, &snap, batch, Ahead::Classify);
             bench_io_only(c, &format!("io-only/f{flows}"), &mut compact, batch);
             if let Some(replay) = replay.as_mut() {
-                bench_pipeline(c, &label, replay, &mut worker, &snap, batch);
+                bench_pipeline(c, &label, replay, &mut worker, &snap, batch, Ahead::Classify);
                 bench_io_only(c, &format!("io-only/f{flows}"), replay, batch);
             }
         }
@@ -610,8 +668,13 @@ fn benches(c: &mut Criterion) {
             drop(worker);
             let label = format!("tcp4-ipip-loadprefetch/f{flows}");
             let mut loads = warm_worker::<LoadPrefetch>(&snap, &frames, &label);
-            bench_pipeline(c, &label, &mut compact, &mut loads, &snap, 32);
+            bench_pipeline(c, &label, &mut compact, &mut loads, &snap, 32, Ahead::Classify);
             drop(loads);
+            // The main case's worker without classifying ahead: each batch alone, as before.
+            let label = format!("tcp4-ipip-noahead/f{flows}");
+            let mut alone = warm_worker::<CpuPrefetch>(&snap, &frames, &label);
+            bench_pipeline(c, &label, &mut compact, &mut alone, &snap, 32, Ahead::Ignore);
+            drop(alone);
             let mut naive = Naive::new(&snap, flows, true);
             bench_naive(c, &format!("naive-ipip/f{flows}"), &mut compact, &mut naive, 32);
             if let Some(replay) = replay.as_mut() {
@@ -635,7 +698,7 @@ fn benches(c: &mut Criterion) {
         let label = format!("{}-{}/f{flows}", traffic.name(), mode.name());
         let mut worker = warm_worker::<CpuPrefetch>(&snap, &frames, &label);
         let mut replay = ReplayIo::new(&frames).expect("templates fit");
-        bench_pipeline(c, &label, &mut replay, &mut worker, &snap, 32);
+        bench_pipeline(c, &label, &mut replay, &mut worker, &snap, 32, Ahead::Classify);
         if (traffic, mode) == (Traffic::Tcp4, ForwardMode::L2) {
             let mut naive = Naive::new(&snap, flows, false);
             bench_naive(c, &format!("naive-l2/f{flows}"), &mut replay, &mut naive, 32);
@@ -651,10 +714,10 @@ fn benches(c: &mut Criterion) {
         let mut worker = warm_worker::<CpuPrefetch>(&many, &frames, &label);
         if flows <= REPLAY_IO_MAX_FLOWS {
             let mut replay = ReplayIo::new(&frames).expect("templates fit");
-            bench_pipeline(c, &label, &mut replay, &mut worker, &many, 32);
+            bench_pipeline(c, &label, &mut replay, &mut worker, &many, 32, Ahead::Classify);
         } else {
             let mut compact = CompactReplay::new(&frames);
-            bench_pipeline(c, &label, &mut compact, &mut worker, &many, 32);
+            bench_pipeline(c, &label, &mut compact, &mut worker, &many, 32, Ahead::Classify);
         }
     }
 }

@@ -147,6 +147,9 @@ pub struct WorkerStats {
     pub drops: BTreeMap<String, u64>,
     pub batches: u64,
     pub empty_polls: u64,
+    /// Frames classified while the batch before theirs waited for memory.
+    #[serde(default)]
+    pub classified_ahead: u64,
     /// Average frames per non-empty batch.
     pub batch_fill: f64,
     /// Non-empty polls over all polls, since start.

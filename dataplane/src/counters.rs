@@ -64,6 +64,9 @@ pub struct WorkerCounters {
     pub batches: u64,
     /// Batches that received nothing: with `batches`, the busy ratio of a polling worker.
     pub empty_polls: u64,
+    /// Frames classified while the batch before theirs waited for memory (see
+    /// `Worker::process_batch_ahead`); the other received frames were classified in their own.
+    pub classified_ahead: u64,
 }
 
 impl WorkerCounters {
@@ -93,6 +96,7 @@ impl WorkerCounters {
         }
         self.batches += other.batches;
         self.empty_polls += other.empty_polls;
+        self.classified_ahead += other.classified_ahead;
     }
 }
 

@@ -31,13 +31,31 @@ pub enum Verdict {
 /// A batch of frames as handed to the pipeline.
 pub type Batch<'a> = ArrayVec<Frame<'a>, MAX_BATCH>;
 
+/// Read-only views of frames received after a batch, in order: see [`PacketIo::poll_ahead`].
+pub type Ahead<'a> = ArrayVec<&'a [u8], MAX_BATCH>;
+
 /// A source and sink of frames.
 pub trait PacketIo {
     /// Receives up to `max` (at most [`MAX_BATCH`]) frames and calls `process` once with them and
     /// as many verdict slots (initialised to `Drop(Malformed)`, so a forgotten verdict is visible),
     /// then transmits or recycles every frame according to its verdict. Returns the number of
     /// frames received (0: nothing was waiting and `process` was not called).
-    fn poll(&mut self, max: usize, process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict])) -> usize;
+    fn poll(&mut self, max: usize, process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict])) -> usize {
+        self.poll_ahead(max, &mut |batch, verdicts, _| process(batch, verdicts))
+    }
+
+    /// [`PacketIo::poll`], also showing `process` up to `max` frames already received behind the
+    /// batch (possibly none), so that it can start on them while it waits for memory
+    /// ([`crate::Worker::process_batch_ahead`]).
+    ///
+    /// The contract that makes this safe to act on: a frame of the next poll's batch that starts
+    /// at the same address, with the same length, as the frame in the same position here is that
+    /// frame, unchanged. The next batch may hold fewer frames, or other ones.
+    fn poll_ahead(
+        &mut self,
+        max: usize,
+        process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict], &Ahead<'_>),
+    ) -> usize;
 }
 
 /// A frame buffer with headroom.
@@ -59,11 +77,13 @@ impl Buf {
     }
 }
 
-/// Runs `process` over `bufs`, writing back where each frame now starts and how long it is.
-fn run_batch(
+/// Runs `process` over `bufs` (showing it `ahead`), writing back where each frame now starts and
+/// how long it is.
+fn run_batch<'a>(
     bufs: &mut [Buf],
+    ahead: impl Iterator<Item = &'a Buf>,
     verdicts: &mut [Verdict],
-    process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict]),
+    process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict], &Ahead<'_>),
 ) {
     let mut batch: Batch<'_> = ArrayVec::new();
     for b in bufs.iter_mut() {
@@ -72,8 +92,9 @@ fn run_batch(
             batch.push(f);
         }
     }
+    let ahead: Ahead<'_> = ahead.take(MAX_BATCH).map(|b| &b.bytes[b.start..b.start + b.len]).collect();
     let n = batch.len();
-    process(&mut batch, &mut verdicts[..n]);
+    process(&mut batch, &mut verdicts[..n], &ahead);
     let spans: ArrayVec<(usize, usize), MAX_BATCH> = batch.iter().map(|f| (f.start(), f.len())).collect();
     drop(batch);
     for (b, (start, len)) in bufs.iter_mut().zip(spans) {
@@ -116,14 +137,20 @@ impl MemIo {
 }
 
 impl PacketIo for MemIo {
-    fn poll(&mut self, max: usize, process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict])) -> usize {
+    /// Shows the next `max` queued frames as the ones ahead: a [`Buf`]'s bytes stay where they
+    /// are while it moves from the queue to the batch.
+    fn poll_ahead(
+        &mut self,
+        max: usize,
+        process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict], &Ahead<'_>),
+    ) -> usize {
         let n = max.min(MAX_BATCH).min(self.rx.len());
         if n == 0 {
             return 0;
         }
         let mut bufs: Vec<Buf> = self.rx.drain(..n).collect();
         let mut verdicts = [Verdict::Drop(DropReason::Malformed); MAX_BATCH];
-        run_batch(&mut bufs, &mut verdicts, process);
+        run_batch(&mut bufs, self.rx.iter().take(n), &mut verdicts, process);
         for (b, v) in bufs.into_iter().zip(verdicts) {
             let bytes = b.bytes[b.start..b.start + b.len].to_vec();
             match v {
@@ -137,12 +164,17 @@ impl PacketIo for MemIo {
 }
 
 /// Benchmark I/O: replays a fixed set of template frames forever, without allocating. Each poll
-/// copies the next `max` templates into its buffers (as a NIC would have written them) and only
-/// counts verdicts.
+/// copies templates into its buffers (as a NIC would have written them) and only counts
+/// verdicts. Two sets of [`MAX_BATCH`] buffers take turns: while one holds the batch, the other
+/// holds the frames ahead of it (see [`PacketIo::poll_ahead`]), written one poll early.
 #[derive(Debug)]
 pub struct ReplayIo {
     templates: Vec<Buf>,
-    bufs: Vec<Buf>,
+    sets: [Vec<Buf>; 2],
+    /// The set holding the frames ahead of the last batch, and how many it holds.
+    ahead_set: usize,
+    ahead_len: usize,
+    /// The next template to write.
     next: usize,
     pub tx: u64,
     pub passed: u64,
@@ -153,26 +185,52 @@ impl ReplayIo {
     /// `None` if there are no templates or one does not fit in a buffer.
     pub fn new(templates: &[Vec<u8>]) -> Option<Self> {
         let templates: Vec<Buf> = templates.iter().map(|t| Buf::with_frame(t)).collect::<Option<_>>()?;
-        if templates.is_empty() {
-            return None;
-        }
-        let bufs = vec![templates[0].clone(); MAX_BATCH];
-        Some(ReplayIo { templates, bufs, next: 0, tx: 0, passed: 0, dropped: 0 })
+        let set = vec![templates.first()?.clone(); MAX_BATCH];
+        Some(ReplayIo {
+            templates,
+            sets: [set.clone(), set],
+            ahead_set: 0,
+            ahead_len: 0,
+            next: 0,
+            tx: 0,
+            passed: 0,
+            dropped: 0,
+        })
     }
-}
 
-impl PacketIo for ReplayIo {
-    fn poll(&mut self, max: usize, process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict])) -> usize {
-        let n = max.clamp(1, MAX_BATCH);
-        for b in self.bufs[..n].iter_mut() {
+    /// Writes the next `n` templates into the set's first `n` buffers.
+    fn fill(&mut self, set: usize, n: usize) {
+        for b in self.sets[set % 2][..n].iter_mut() {
             let t = &self.templates[self.next];
             self.next = (self.next + 1) % self.templates.len();
             b.bytes[HEADROOM..HEADROOM + t.len].copy_from_slice(&t.bytes[HEADROOM..HEADROOM + t.len]);
             b.start = HEADROOM;
             b.len = t.len;
         }
+    }
+}
+
+impl PacketIo for ReplayIo {
+    fn poll_ahead(
+        &mut self,
+        max: usize,
+        process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict], &Ahead<'_>),
+    ) -> usize {
+        let n = max.clamp(1, MAX_BATCH);
+        let count = self.templates.len();
+        if self.ahead_len != n {
+            // The frames written ahead are not this batch: rewind over them and write it afresh.
+            self.next = (self.next + count - self.ahead_len % count) % count;
+            self.fill(self.ahead_set, n);
+        }
+        let batch_set = self.ahead_set;
+        self.fill(1 - batch_set, n);
+        self.ahead_set = 1 - batch_set;
+        self.ahead_len = n;
+        let [first, second] = &mut self.sets;
+        let (batch, ahead) = if batch_set == 0 { (first, &*second) } else { (second, &*first) };
         let mut verdicts = [Verdict::Drop(DropReason::Malformed); MAX_BATCH];
-        run_batch(&mut self.bufs[..n], &mut verdicts, process);
+        run_batch(&mut batch[..n], ahead[..n].iter(), &mut verdicts, process);
         for v in &verdicts[..n] {
             match v {
                 Verdict::Tx => self.tx += 1,

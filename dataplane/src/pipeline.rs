@@ -33,7 +33,7 @@ use crate::flow::FlowKey;
 use crate::frame::Frame;
 use crate::hash::flow_hash;
 use crate::icmp;
-use crate::io::{Batch, Verdict, MAX_BATCH};
+use crate::io::{Ahead, Batch, Verdict, MAX_BATCH};
 use crate::parse::{parse, parse_common_into, CommonFacts, L4Meta, ParsedFrame, COMMON_HEADERS_SPAN};
 use crate::prefetch::{LoadPrefetch, Prefetch};
 use crate::rewrite::{encap_gue, encap_ipip, encap_overhead, rewrite_l2, Macs};
@@ -172,7 +172,49 @@ pub struct Worker<P = LoadPrefetch> {
     icmp_budget: IcmpBudget,
     /// The batch in flight, one slot per frame.
     slots: Box<[Slot; MAX_BATCH]>,
+    /// The frames seen ahead of the last batch, classified; swapped with `slots` when the next
+    /// batch starts with them.
+    ahead: Box<ClassifiedAhead>,
     prefetch: PhantomData<P>,
+}
+
+/// Frames classified one batch early ([`Worker::process_batch_ahead`]), and what they were
+/// classified against.
+#[derive(Debug)]
+struct ClassifiedAhead {
+    slots: Box<[Slot; MAX_BATCH]>,
+    /// The verdict of each frame whose slot is `Todo::Done`.
+    verdicts: [Verdict; MAX_BATCH],
+    /// Each frame's address and length: the identity the next batch's frames are checked by.
+    frames: [(usize, usize); MAX_BATCH],
+    len: usize,
+    /// The snapshot's address and generation.
+    snapshot: (usize, u64),
+}
+
+impl ClassifiedAhead {
+    fn new() -> Self {
+        ClassifiedAhead {
+            slots: Box::new([Slot::default(); MAX_BATCH]),
+            verdicts: [Verdict::Drop(DropReason::Malformed); MAX_BATCH],
+            frames: [(0, 0); MAX_BATCH],
+            len: 0,
+            snapshot: (0, 0),
+        }
+    }
+}
+
+/// A snapshot's identity for [`ClassifiedAhead`]: a new snapshot published at the address of a
+/// freed one still differs by its generation.
+#[inline(always)]
+fn snapshot_identity(snap: &Snapshot) -> (usize, u64) {
+    (snap as *const Snapshot as usize, snap.generation)
+}
+
+/// A frame's identity for [`ClassifiedAhead`] (see [`crate::io::PacketIo::poll_ahead`]).
+#[inline(always)]
+fn frame_identity(data: &[u8]) -> (usize, usize) {
+    (data.as_ptr() as usize, data.len())
 }
 
 impl Worker {
@@ -192,6 +234,7 @@ impl<P: Prefetch> Worker<P> {
             census: FlowCensus::default(),
             icmp_budget: IcmpBudget { tokens: 0, last_refill_ms: 0, primed: false },
             slots: Box::new([Slot::default(); MAX_BATCH]),
+            ahead: Box::new(ClassifiedAhead::new()),
             prefetch: PhantomData,
         }
     }
@@ -256,73 +299,84 @@ impl<P: Prefetch> Worker<P> {
         verdicts: &mut [Verdict],
         now_ms: u64,
     ) {
+        self.process_batch_ahead(snap, batch, verdicts, &Ahead::new(), now_ms);
+    }
+
+    /// [`Worker::process_batch`], also classifying the frames `ahead` of the batch (see
+    /// [`crate::io::PacketIo::poll_ahead`]) while the batch's connection-table lines load, and
+    /// prefetching their buckets; the next batch then starts with them classified and their
+    /// buckets in the cache, if it holds them (checked frame by frame, by address and length)
+    /// and runs against the same snapshot (address and generation).
+    ///
+    /// Why: within one batch, a flow's bucket header must arrive before its entry line can be
+    /// found, and that entry before the flow is placed, so at a million flows each batch waited
+    /// for memory twice, with nothing left to do meanwhile. Classifying the next batch fills the
+    /// first wait with useful work and moves the second into the previous batch.
+    pub fn process_batch_ahead(
+        &mut self,
+        snap: &Snapshot,
+        batch: &mut Batch<'_>,
+        verdicts: &mut [Verdict],
+        ahead: &Ahead<'_>,
+        now_ms: u64,
+    ) {
         if self.backend_counters.len() < snap.backends.len() {
             // Only when a publish added backends: per snapshot, never per packet.
             self.backend_counters.resize(snap.backends.len(), BackendCounters::default());
         }
         self.counters.batches += 1;
         let n = batch.len().min(verdicts.len()).min(MAX_BATCH);
-        let slots = &mut self.slots[..n];
         let verdicts = &mut verdicts[..n];
-        // The headers of the whole batch first. A received frame was written into its buffer by
-        // the kernel (or the NIC) up to a ring's length of frames ago and has usually left the
-        // caches since; the classify loop below does a few hundred instructions per frame, so
-        // its first load of each frame would wait for memory alone, one frame after another:
-        // under load that wait was half of the worker's time (fwd's exit line: ~330 ns per frame
-        // in situ against ~100 in memory). Prefetched together, the batch's misses overlap.
-        for frame in batch.iter() {
-            let data = frame.data();
-            if let Some(first) = data.first() {
-                P::prefetch(first);
-            }
-            // The last byte the classify pass may read of a plain TCP/UDP frame: the second line
-            // for IPv6 or a VLAN tag (a no-op when it is the first line again).
-            if let Some(last) = data.get(data.len().min(COMMON_HEADERS_SPAN).saturating_sub(1)) {
-                P::prefetch(last);
-            }
+        let frames = batch.get(..n).unwrap_or_default();
+        // In a cache-resident table there is no memory wait to fill: classifying ahead only
+        // adds work there (2-4% at 10 000 flows).
+        let table_in_memory = self.conns.outgrows_cache();
+        let ahead = if table_in_memory { ahead.as_slice() } else { &[] };
+        let classified = self.take_classified_ahead(snap, frames, verdicts);
+        self.counters.classified_ahead += classified as u64;
+        for frame in frames {
+            self.counters.rx_packets += 1;
+            self.counters.rx_bytes += frame.len() as u64;
+        }
+        // The headers of the whole batch first (and of the frames ahead). A received frame was
+        // written into its buffer by the kernel (or the NIC) up to a ring's length of frames ago
+        // and has usually left the caches since; the classify loop below does a few hundred
+        // instructions per frame, so its first load of each frame would wait for memory alone,
+        // one frame after another: under load that wait was half of the worker's time (fwd's
+        // exit line: ~330 ns per frame in situ against ~100 in memory). Prefetched together, the
+        // batch's misses overlap.
+        for frame in frames.get(classified..).unwrap_or_default() {
+            prefetch_headers::<P>(frame.data());
+        }
+        for data in ahead.iter() {
+            prefetch_headers::<P>(data);
         }
         // Classify in two halves, each followed by the prefetch of its connection-table bucket
         // headers, so that the first half's headers load while the second half is classified:
         // 3-4% less time per batch of 32 at a million flows than one pass. A finer pipeline
         // (groups of 8 frames, each stage a group behind the one before) measured slower there:
         // 1.62-1.67 µs per batch against 1.54-1.57.
-        let half = n.div_ceil(2).max(1);
-        let frames = batch.get(..n).unwrap_or_default();
+        let fresh = n - classified;
+        let half = fresh.div_ceil(2).max(1);
+        let slots = &mut self.slots[classified..n];
+        let fresh_frames = frames.get(classified..).unwrap_or_default();
+        let fresh_verdicts = verdicts.get_mut(classified..).unwrap_or_default();
         for ((frames, slots), verdicts) in
-            frames.chunks(half).zip(slots.chunks_mut(half)).zip(verdicts.chunks_mut(half))
+            fresh_frames.chunks(half).zip(slots.chunks_mut(half)).zip(fresh_verdicts.chunks_mut(half))
         {
-            for ((frame, slot), verdict) in frames.iter().zip(slots.iter_mut()).zip(verdicts.iter_mut()) {
-                self.counters.rx_packets += 1;
-                self.counters.rx_bytes += frame.len() as u64;
-                let data = frame.data();
-                // Plain TCP/UDP (nearly all traffic to a VIP) in a few loads; everything else, and
-                // the rules for it, in `classify_other`.
-                let common = parse_common_into(data, &mut slot.key);
-                let done = match common {
-                    Some(c) => classify_flow(snap, slot, FrameFacts::of_common(&c), c.tcp_flags, true),
-                    None => classify_other(snap, data, slot),
-                };
-                if let Some(v) = done {
-                    slot.todo = Todo::Done;
-                    *verdict = v;
-                }
-            }
+            classify_frames(snap, frames.iter().map(|f| f.data()), slots, verdicts);
             // In a loop of its own. In the classify loop, a load (`LoadPrefetch`: safe code has
             // no prefetch instruction) waits for its miss with the reorder buffer full of that
             // loop's work (at a million flows that doubled the time per packet), and even the
             // CPU's prefetch instruction measured slower there (2.0-2.5 µs per batch against 1.6).
-            for slot in slots.iter() {
-                if matches!(slot.todo, Todo::Forward | Todo::Follow) {
-                    self.conns.prefetch::<P>(slot.hash);
-                }
-            }
+            prefetch_buckets::<P>(&self.conns, slots);
         }
         // Then the entry line a hit reads, found through the header line just loaded: in a table
         // that lives in memory each hit would otherwise wait for it in turn. A flow the table
         // lacks will be placed by Maglev: its slot is loaded instead (at a million flows, the
         // 1% of packets that missed spent 4% of the time waiting for the Maglev table).
-        if self.conns.outgrows_cache() {
-            for slot in slots.iter() {
+        if table_in_memory {
+            for slot in self.slots[..n].iter() {
                 if matches!(slot.todo, Todo::Forward | Todo::Follow)
                     && !self.conns.prefetch_entry::<P>(slot.hash)
                 {
@@ -331,7 +385,10 @@ impl<P: Prefetch> Worker<P> {
                     }
                 }
             }
+            // While those lines load: the frames ahead.
+            self.classify_ahead(snap, ahead);
         }
+        let slots = &mut self.slots[..n];
         // Placement of every flow before any rewrite: short lookups in a row keep several
         // connection-table entries in flight at once.
         for (slot, verdict) in slots.iter_mut().zip(verdicts.iter_mut()) {
@@ -382,6 +439,103 @@ impl<P: Prefetch> Worker<P> {
                 Verdict::Pass => self.counters.pass += 1,
                 Verdict::Drop(reason) => self.counters.drop(reason),
             }
+        }
+    }
+}
+
+impl<P: Prefetch> Worker<P> {
+    /// Moves the frames classified ahead of the last batch into this batch's slots (and their
+    /// verdicts into `verdicts`) as far as the batch starts with them, unchanged, under the same
+    /// snapshot. Returns how many frames that is; the rest must be classified.
+    #[inline(always)]
+    fn take_classified_ahead(
+        &mut self,
+        snap: &Snapshot,
+        frames: &[Frame<'_>],
+        verdicts: &mut [Verdict],
+    ) -> usize {
+        let ahead = &mut *self.ahead;
+        let len = std::mem::take(&mut ahead.len);
+        if len == 0 || ahead.snapshot != snapshot_identity(snap) {
+            return 0;
+        }
+        let same = frames
+            .iter()
+            .zip(&ahead.frames[..len.min(MAX_BATCH)])
+            .take_while(|(frame, &id)| frame_identity(frame.data()) == id)
+            .count();
+        if same > 0 {
+            std::mem::swap(&mut self.slots, &mut ahead.slots);
+            for (verdict, &v) in verdicts.iter_mut().zip(&ahead.verdicts[..same]) {
+                *verdict = v;
+            }
+        }
+        same
+    }
+
+    /// Classifies the frames `ahead` of the batch into the spare slots and prefetches their
+    /// connection-table buckets, for [`Worker::take_classified_ahead`].
+    #[inline(always)]
+    fn classify_ahead(&mut self, snap: &Snapshot, ahead: &[&[u8]]) {
+        let len = ahead.len().min(MAX_BATCH);
+        if len == 0 {
+            return;
+        }
+        let store = &mut *self.ahead;
+        let slots = &mut store.slots[..len];
+        classify_frames(snap, ahead.iter().copied(), slots, &mut store.verdicts[..len]);
+        prefetch_buckets::<P>(&self.conns, slots);
+        for (id, data) in store.frames.iter_mut().zip(ahead.iter()) {
+            *id = frame_identity(data);
+        }
+        store.len = len;
+        store.snapshot = snapshot_identity(snap);
+    }
+}
+
+/// Starts loading the lines of a frame the classify pass reads.
+#[inline(always)]
+fn prefetch_headers<P: Prefetch>(data: &[u8]) {
+    if let Some(first) = data.first() {
+        P::prefetch(first);
+    }
+    // The last byte the classify pass may read of a plain TCP/UDP frame: the second line for
+    // IPv6 or a VLAN tag (a no-op when it is the first line again).
+    if let Some(last) = data.get(data.len().min(COMMON_HEADERS_SPAN).saturating_sub(1)) {
+        P::prefetch(last);
+    }
+}
+
+/// The first pass: parses each frame, finds its service and hashes its flow into its slot, or
+/// writes its verdict (then the slot says `Todo::Done`).
+#[inline(always)]
+fn classify_frames<'d>(
+    snap: &Snapshot,
+    frames: impl Iterator<Item = &'d [u8]>,
+    slots: &mut [Slot],
+    verdicts: &mut [Verdict],
+) {
+    for ((data, slot), verdict) in frames.zip(slots.iter_mut()).zip(verdicts.iter_mut()) {
+        // Plain TCP/UDP (nearly all traffic to a VIP) in a few loads; everything else, and the
+        // rules for it, in `classify_other`.
+        let common = parse_common_into(data, &mut slot.key);
+        let done = match common {
+            Some(c) => classify_flow(snap, slot, FrameFacts::of_common(&c), c.tcp_flags, true),
+            None => classify_other(snap, data, slot),
+        };
+        if let Some(v) = done {
+            slot.todo = Todo::Done;
+            *verdict = v;
+        }
+    }
+}
+
+/// Starts loading the connection-table bucket header of every flow in `slots`.
+#[inline(always)]
+fn prefetch_buckets<P: Prefetch>(conns: &ConnTable, slots: &[Slot]) {
+    for slot in slots {
+        if matches!(slot.todo, Todo::Forward | Todo::Follow) {
+            conns.prefetch::<P>(slot.hash);
         }
     }
 }

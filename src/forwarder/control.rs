@@ -629,6 +629,7 @@ impl Control {
                             .collect(),
                         batches: c.batches,
                         empty_polls: c.empty_polls,
+                        classified_ahead: c.classified_ahead,
                         batch_fill: if c.batches == 0 { 0.0 } else { c.rx_packets as f64 / c.batches as f64 },
                         busy_ratio: busy_ratio(&c),
                         batch_time_ns: w.batch_times.read(),
@@ -734,6 +735,12 @@ impl Control {
             e.counter("fwd_worker_icmp_generated_total", "ICMP replies generated.", &l, c.icmp_generated);
             e.counter("fwd_worker_batches_total", "Non-empty batches processed.", &l, c.batches);
             e.counter("fwd_worker_empty_polls_total", "Polls that found nothing.", &l, c.empty_polls);
+            e.counter(
+                "fwd_worker_classified_ahead_total",
+                "Frames classified while the batch before theirs waited for memory.",
+                &l,
+                c.classified_ahead,
+            );
             for r in DropReason::ALL {
                 e.counter(
                     "fwd_worker_drops_total",

@@ -153,10 +153,10 @@ pub fn worker_loop(
         // between batches whenever the interface's receive side (often on this same core) has not
         // caught up; anything they pay keeps the core from that receive side.
         let mut batch_start = None;
-        port.poll(MAX_BATCH, &mut |batch, verdicts| {
+        port.poll_ahead(MAX_BATCH, &mut |batch, verdicts, ahead| {
             let t = Instant::now();
             let now_ms = t.duration_since(start).as_millis() as u64;
-            worker.process_batch(&snapshots.load(), batch, verdicts, now_ms);
+            worker.process_batch_ahead(&snapshots.load(), batch, verdicts, ahead, now_ms);
             if let Some(h) = pipeline_ns.as_mut() {
                 h.saturating_record(t.elapsed().as_nanos() as u64);
             }

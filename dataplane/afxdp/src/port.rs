@@ -31,7 +31,7 @@ use crate::sys;
 use arrayvec::ArrayVec;
 use fwd_dataplane::counters::DropReason;
 use fwd_dataplane::frame::{Frame, HEADROOM};
-use fwd_dataplane::io::{Batch, PacketIo, Verdict, MAX_BATCH};
+use fwd_dataplane::io::{Ahead, Batch, PacketIo, Verdict, MAX_BATCH};
 use libxdp_sys as xdp;
 use std::ffi::{c_int, CString};
 use std::fmt;
@@ -361,6 +361,11 @@ impl HeldFrames {
             }
             None => false,
         }
+    }
+
+    #[inline]
+    fn is_held(&self, frame: usize) -> bool {
+        self.0.get(frame / 64).is_some_and(|word| word & (1u64 << (frame % 64)) != 0)
     }
 
     #[inline]
@@ -958,31 +963,41 @@ impl Port {
         received
     }
 
-    /// Starts loading the first cache line of up to `max` frames that wait on the RX ring behind
-    /// the batch just taken: the next batch's. Under load a frame waits there up to a ring's
-    /// length of frames (milliseconds) after the kernel wrote it and has left the caches by the
-    /// time it is read; the batch's own prefetch (in the pipeline) overlaps those misses with
-    /// each other, this one hides them behind a whole batch of work. Frames are only read here,
-    /// never claimed: the descriptors stay on the ring for the next [`Port::receive`].
+    /// Finds up to `max` frames that wait on the RX ring behind the batch just taken (the next
+    /// batch's), puts their spans in `waiting` and starts loading their first cache line. Under
+    /// load a frame waits there up to a ring's length of frames (milliseconds) after the kernel
+    /// wrote it and has left the caches by the time it is read; the batch's own prefetch (in the
+    /// pipeline) overlaps those misses with each other, this one hides them behind a whole batch
+    /// of work, and the pipeline may classify these frames ahead ([`PacketIo::poll_ahead`]).
+    /// Frames are only read, never claimed: the descriptors stay on the ring for the next
+    /// [`Port::receive`]. A descriptor that does not fit the UMEM or names a held frame is left
+    /// out (`receive` will skip it).
     #[inline]
-    fn prefetch_waiting(&self, max: u32) {
+    fn waiting_frames(&self, max: u32, waiting: &mut ArrayVec<Span, MAX_BATCH>) {
         let rx = self.socket.rx.ptr();
         // SAFETY: the RX ring is live and only this port consumes it; its cached indices are
         // this side's own. Without a refresh of the producer index this sees only descriptors
         // that `receive`'s peek already found published (with acquire order), so every slot read
         // below holds a descriptor the kernel finished writing.
         let (consumer, producer) = unsafe { ((*rx).cached_cons, (*rx).cached_prod) };
-        let waiting = producer.wrapping_sub(consumer).min(max);
+        let count = producer.wrapping_sub(consumer).min(max).min(MAX_BATCH as u32);
         let umem_len = self.umem.area.len as u64;
+        let offset_mask = self.frame_size - 1;
         let base = self.umem.area.base.as_ptr();
-        for i in 0..waiting {
+        for i in 0..count {
             // SAFETY: slot consumer+i is among the published, unconsumed ones (above).
             let desc = unsafe { *rx_slot(rx, consumer.wrapping_add(i)) };
-            if desc.addr < umem_len {
-                // SAFETY: `desc.addr` is inside the mapping (checked), so the pointer stays in
-                // bounds of that one allocation.
-                crate::prefetch::prefetch_line(unsafe { base.add(desc.addr as usize) });
+            let chunk = desc.addr & !offset_mask;
+            let start = desc.addr & offset_mask;
+            let fits = chunk.checked_add(self.frame_size).is_some_and(|end| end <= umem_len)
+                && start + u64::from(desc.len) <= self.frame_size;
+            if !fits || self.held.is_held((chunk / self.frame_size) as usize) {
+                break;
             }
+            // SAFETY: `desc.addr` is inside the mapping (checked), so the pointer stays in
+            // bounds of that one allocation.
+            crate::prefetch::prefetch_line(unsafe { base.add(desc.addr as usize) });
+            let _ = waiting.try_push(Span { chunk, start: start as u32, len: desc.len });
         }
     }
 
@@ -1060,7 +1075,11 @@ impl Port {
 }
 
 impl PacketIo for Port {
-    fn poll(&mut self, max: usize, process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict])) -> usize {
+    fn poll_ahead(
+        &mut self,
+        max: usize,
+        process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict], &Ahead<'_>),
+    ) -> usize {
         self.reclaim_completions();
         let max = max.min(MAX_BATCH) as u32;
         let mut spans: ArrayVec<Span, MAX_BATCH> = ArrayVec::new();
@@ -1071,7 +1090,8 @@ impl PacketIo for Port {
         }
 
         // While this batch is processed, the next one's frames come in from memory.
-        self.prefetch_waiting(max);
+        let mut waiting: ArrayVec<Span, MAX_BATCH> = ArrayVec::new();
+        self.waiting_frames(max, &mut waiting);
         let mut verdicts = [Verdict::Drop(DropReason::Malformed); MAX_BATCH];
         if !spans.is_empty() {
             let base = self.umem.area.base.as_ptr();
@@ -1093,8 +1113,25 @@ impl PacketIo for Port {
                     let _ = batch.try_push(frame);
                 }
             }
+            let mut ahead: Ahead<'_> = ArrayVec::new();
+            for span in &waiting {
+                // SAFETY: `waiting_frames` checked that the span lies inside our live mapping
+                // (chunk + frame_size <= area.len, start + len <= frame_size) and that its chunk
+                // is not held, so it overlaps none of the mutable slices in `batch` (all held).
+                // The kernel finished writing the frame before publishing its descriptor, and
+                // writes the chunk again only after this port has received it and put it back on
+                // the fill ring, which cannot happen during this call; nothing here writes it.
+                // The slices cannot outlive this call: `ahead` is local.
+                let frame = unsafe {
+                    std::slice::from_raw_parts(
+                        base.add((span.chunk + u64::from(span.start)) as usize),
+                        span.len as usize,
+                    )
+                };
+                let _ = ahead.try_push(frame);
+            }
             let n = batch.len();
-            process(&mut batch, &mut verdicts[..n]);
+            process(&mut batch, &mut verdicts[..n], &ahead);
             // Carry the (possibly moved) start and length of every frame back to its span. A
             // frame is matched to its span by position, and checked to still be that span's chunk
             // (by address) so that a batch the pipeline reordered or shortened can never send one
@@ -1365,6 +1402,66 @@ mod tests {
                 assert_eq!(run.kernel.rx_dropped, 0, "{run:?}");
             }
         }
+    }
+
+    /// What `Worker::process_batch_ahead` relies on: `poll_ahead` shows the frames waiting on
+    /// the RX ring behind a batch, and the next batch starts with those frames, unchanged, at the
+    /// same addresses. A burst waits on the ring before the port polls it 8 frames at a time.
+    #[test]
+    fn frames_shown_ahead_are_the_next_batch_unchanged() {
+        const BURST: usize = 120;
+        let net = NetnsPair::new();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (sent_tx, sent_rx) = mpsc::channel::<()>();
+        let net = &net;
+        let (received, matched, shown_total) = std::thread::scope(|scope| {
+            let side = scope.spawn(move || {
+                net.a.enter();
+                let mut program = XdpProgram::load().unwrap();
+                program.attach(IFACE, AttachMode::Auto).unwrap();
+                let config = PortConfig { frame_count: 256, ..PortConfig::default() };
+                let mut port = Port::open(IFACE, 0, &config).unwrap();
+                program.register_port(&port).unwrap();
+                program.sync_vips(&[VIP_V4.parse().unwrap()]).unwrap();
+                ready_tx.send(()).unwrap();
+                sent_rx.recv_timeout(Duration::from_secs(30)).expect("the burst was not sent");
+                // Address and bytes of each frame shown ahead of the last batch.
+                let mut shown: Vec<(usize, Vec<u8>)> = Vec::new();
+                let (mut received, mut matched, mut shown_total) = (0usize, 0usize, 0usize);
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while received < BURST && Instant::now() < deadline {
+                    received += port.poll_ahead(8, &mut |batch, _verdicts, ahead| {
+                        for (frame, (address, bytes)) in batch.iter().zip(&shown) {
+                            if frame.data().as_ptr() as usize == *address {
+                                assert_eq!(frame.data(), &bytes[..], "a frame changed after it was shown");
+                                matched += 1;
+                            }
+                        }
+                        shown = ahead.iter().map(|d| (d.as_ptr() as usize, d.to_vec())).collect();
+                        shown_total += shown.len();
+                    });
+                }
+                (received, matched, shown_total)
+            });
+            ready_rx.recv_timeout(Duration::from_secs(30)).expect("the port did not start");
+            net.b.run(|| {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                socket.connect((VIP_V4.parse::<IpAddr>().unwrap(), ECHO_PORT)).unwrap();
+                // The first datagram waits for ARP; the burst follows once it is resolved.
+                socket.send(b"first").unwrap();
+                std::thread::sleep(Duration::from_millis(300));
+                for i in 1..BURST {
+                    socket.send(format!("burst-{i}").as_bytes()).unwrap();
+                }
+            });
+            std::thread::sleep(Duration::from_millis(100));
+            sent_tx.send(()).unwrap();
+            side.join().expect("port thread")
+        });
+        assert_eq!(received, BURST, "every datagram reached the port");
+        // Every batch after the first starts with the frames shown ahead of it.
+        assert_eq!(shown_total, BURST - 8, "frames shown ahead");
+        assert_eq!(matched, BURST - 8, "frames of a batch that had been shown ahead");
     }
 
     /// The bounce test proper; returns what the bounce side saw for setup-specific checks.

@@ -822,6 +822,156 @@ fn simulator_and_pipeline_agree_on_thousands_of_flows() {
     }
 }
 
+/// A worker whose connection table outgrows the caches, so that it classifies frames ahead.
+fn big_worker() -> Worker {
+    let w = Worker::new(WorkerConfig {
+        conn_capacity: 1 << 18,
+        timeouts: Timeouts { tcp_established_ms: 900_000, tcp_closing_ms: 10_000, udp_ms: 60_000 },
+    });
+    assert!(w.conns().outgrows_cache());
+    w
+}
+
+/// Runs frames through `poll_ahead` and `process_batch_ahead` in batches of the sizes given (in
+/// turn); returns (verdicts, MemIo).
+fn run_ahead(
+    w: &mut Worker,
+    snap: &Snapshot,
+    frames: &[Vec<u8>],
+    now_ms: u64,
+    sizes: &[usize],
+) -> (Vec<Verdict>, MemIo) {
+    let mut io = MemIo::new();
+    for f in frames {
+        assert!(io.push_rx(f));
+    }
+    let mut out = Vec::new();
+    for &size in sizes.iter().cycle() {
+        if io.pending_rx() == 0 {
+            break;
+        }
+        io.poll_ahead(size, &mut |batch, verdicts, ahead| {
+            w.process_batch_ahead(snap, batch, verdicts, ahead, now_ms);
+            out.extend_from_slice(&verdicts[..batch.len()]);
+        });
+    }
+    (out, io)
+}
+
+/// Every kind of frame the golden tests use, to VIPs and not, in one list.
+fn mixed_frames(count: u16) -> Vec<Vec<u8>> {
+    let mut echo = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC)
+        .ipv4(CLIENT4, VIP4, 63)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut echo, b"ping")
+        .unwrap();
+    let mut vlan = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC)
+        .single_vlan(VlanId::try_new(7).unwrap())
+        .ipv4(CLIENT4, VIP4, 63)
+        .tcp(5, 80, 1, 1000)
+        .write(&mut vlan, b"v")
+        .unwrap();
+    let kinds = |i: u16| -> Vec<u8> {
+        match i % 14 {
+            0 => tcp4(CLIENT4, VIP4, 1000 + i, 80, 10),
+            1 => udp4(CLIENT4, VIP4, 1000 + i, 53, 10),
+            2 => tcp6(CLIENT6, VIP6, 1000 + i, 80, 10),
+            3 => tcp4(CLIENT4, VIP4_TUNNEL, 1000 + i, 80, 10),
+            4 => tcp4(CLIENT4, VIP4_TUNNEL, 1000 + i, 81, 10),
+            5 => tcp6(CLIENT6, VIP6_TUNNEL, 1000 + i, 80, 10),
+            6 => udp4(CLIENT4, VIP4_GUE, 1000 + i, 443, 10),
+            7 => tcp4(CLIENT4, VIP4, 1000 + i, 8080, 10),
+            8 => tcp4(CLIENT4, [198, 18, 9, 9], 1000 + i, 80, 10),
+            9 => tcp4(CLIENT4, VIP4_TUNNEL, 1000 + i, 80, 1500),
+            10 => fragment4(VIP4, i, 0, true, &[0x11; 16]),
+            11 => echo.clone(),
+            12 => vlan.clone(),
+            _ => vec![0xff; usize::from(i % 60)],
+        }
+    };
+    (0..count).map(kinds).collect()
+}
+
+/// Classifying a batch's frames during the batch before changes nothing a worker does: the same
+/// frames, through a worker that classifies ahead and one that does not, in batches of changing
+/// sizes (so that some batches start with frames shown ahead and some do not), come out the
+/// same, with the same counters.
+#[test]
+fn classifying_ahead_changes_no_verdict_and_no_byte() {
+    let snap = standard();
+    let frames = mixed_frames(700);
+    let sizes = [64, 7, 7, 32, 1, 1, 64, 16, 64, 64, 33];
+    let (mut plain, mut ahead) = (big_worker(), big_worker());
+    for now_ms in [0, 5] {
+        let (v1, io1) = run(&mut plain, &snap, &frames, now_ms);
+        let (v2, io2) = run_ahead(&mut ahead, &snap, &frames, now_ms, &sizes);
+        assert_eq!(v1, v2);
+        assert_eq!((io1.tx, io1.passed, io1.dropped), (io2.tx, io2.passed, io2.dropped));
+    }
+    // Each batch starts with as many frames classified ahead as the batch before showed it
+    // (as many as it held, of those left) and it takes.
+    let (mut expected, mut left, mut shown) = (0, frames.len(), 0);
+    for &size in sizes.iter().cycle() {
+        if left == 0 {
+            break;
+        }
+        let taken = size.min(left);
+        expected += shown.min(taken);
+        left -= taken;
+        shown = taken.min(left);
+    }
+    assert_eq!(ahead.counters().classified_ahead, 2 * expected as u64);
+    let mut counters = ahead.counters().clone();
+    counters.classified_ahead = 0;
+    counters.batches = plain.counters().batches; // batches of other sizes
+    assert_eq!(&counters, plain.counters());
+    assert_eq!(plain.conns().stats(), ahead.conns().stats());
+    assert_eq!(plain.backend_counters(), ahead.backend_counters());
+}
+
+/// Frames classified ahead against one snapshot are classified again under the next one, also
+/// when the next one lies where the old one was (told apart by its generation).
+#[test]
+fn a_new_snapshot_reclassifies_the_frames_classified_ahead() {
+    let frames: Vec<Vec<u8>> = (0..128).map(|i| tcp4(CLIENT4, VIP4, 2000 + i, 80, 0)).collect();
+    let only_dns = || {
+        let mut snap =
+            build(vec![spec(IpAddr::from(VIP4), L4Proto::Udp, Some(53), ForwardMode::L2, L2_V4)], local());
+        snap.generation = 2;
+        snap
+    };
+    for in_place in [false, true] {
+        let mut w = big_worker();
+        let mut io = MemIo::new();
+        for f in &frames {
+            assert!(io.push_rx(f));
+        }
+        let mut snap = standard();
+        let mut verdicts = Vec::new();
+        io.poll_ahead(64, &mut |batch, v, ahead| {
+            w.process_batch_ahead(&snap, batch, v, ahead, 0);
+            verdicts.extend_from_slice(&v[..batch.len()]);
+        });
+        assert_eq!(verdicts, vec![Verdict::Tx; 64]);
+        let other = only_dns();
+        let next = if in_place {
+            snap = other;
+            &snap
+        } else {
+            &other
+        };
+        verdicts.clear();
+        io.poll_ahead(64, &mut |batch, v, ahead| {
+            w.process_batch_ahead(next, batch, v, ahead, 0);
+            verdicts.extend_from_slice(&v[..batch.len()]);
+        });
+        assert_eq!(verdicts, vec![Verdict::Drop(DropReason::NoService); 64], "in place: {in_place}");
+        assert_eq!(w.counters().classified_ahead, 0);
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -850,5 +1000,32 @@ proptest! {
         f.truncate(cut);
         let (v, _) = run(&mut worker(), &snap, &frames, 0);
         prop_assert_eq!(v.len(), frames.len());
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    /// Classifying ahead changes nothing, on mutated frames and batches of any size either.
+    #[test]
+    fn classifying_ahead_changes_nothing_on_mutated_frames(
+        mutations in proptest::collection::vec((0usize..300, 0usize..120, any::<u8>()), 0..40),
+        sizes in proptest::collection::vec(1usize..=64, 1..8),
+    ) {
+        let snap = standard();
+        let mut frames = mixed_frames(300);
+        for (frame, pos, byte) in mutations {
+            let f = &mut frames[frame];
+            if pos < f.len() {
+                f[pos] = byte;
+            } else {
+                f.truncate(pos % 70);
+            }
+        }
+        let (mut plain, mut ahead) = (big_worker(), big_worker());
+        let (v1, io1) = run(&mut plain, &snap, &frames, 0);
+        let (v2, io2) = run_ahead(&mut ahead, &snap, &frames, 0, &sizes);
+        prop_assert_eq!(v1, v2);
+        prop_assert_eq!((io1.tx, io1.passed, io1.dropped), (io2.tx, io2.passed, io2.dropped));
     }
 }

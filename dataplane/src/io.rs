@@ -46,7 +46,7 @@ pub trait PacketIo {
 
     /// [`PacketIo::poll`], also showing `process` up to `max` frames already received behind the
     /// batch (possibly none), so that it can start on them while it waits for memory
-    /// ([`crate::Worker::process_batch_ahead`]).
+    /// ([`crate::pipeline::Worker::process_batch_ahead`]).
     ///
     /// The contract that makes this safe to act on: a frame of the next poll's batch that starts
     /// at the same address, with the same length, as the frame in the same position here is that
@@ -137,7 +137,7 @@ impl MemIo {
 }
 
 impl PacketIo for MemIo {
-    /// Shows the next `max` queued frames as the ones ahead: a [`Buf`]'s bytes stay where they
+    /// Shows the next `max` queued frames as the ones ahead: a buffer's bytes stay where they
     /// are while it moves from the queue to the batch.
     fn poll_ahead(
         &mut self,

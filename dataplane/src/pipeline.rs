@@ -9,7 +9,10 @@
 //! of being waited for one frame at a time: at a million flows the table's prefetch passes
 //! measured a third less time
 //! per packet than touching the bucket and placing the flow inside the classify and rewrite loops
-//! (`benches/pipeline.rs`). Each frame's state between the passes lives in a per-worker [`Slot`]
+//! (`benches/pipeline.rs`). When the I/O shows the frames received behind the batch and the
+//! table lives in memory, those frames are classified (and their buckets prefetched) while the
+//! batch's entry lines load, and the next batch starts from that work
+//! ([`Worker::process_batch_ahead`]). Each frame's state between the passes lives in a per-worker [`Slot`]
 //! that every pass reads and writes in place. Every frame ends with exactly one [`Verdict`]; every
 //! drop is counted under its [`DropReason`].
 //!
@@ -311,7 +314,10 @@ impl<P: Prefetch> Worker<P> {
     /// Why: within one batch, a flow's bucket header must arrive before its entry line can be
     /// found, and that entry before the flow is placed, so at a million flows each batch waited
     /// for memory twice, with nothing left to do meanwhile. Classifying the next batch fills the
-    /// first wait with useful work and moves the second into the previous batch.
+    /// entry wait with useful work, and the next batch's header wait moves under this batch's
+    /// placement and rewrite: 1.65-1.70 -> 1.47-1.53 µs per batch of 32 at a million flows
+    /// (alternated runs, Zen 5 VM). Only for a table that outgrows the caches: at 10 000 flows
+    /// there is no wait to fill and it cost 2-4%.
     pub fn process_batch_ahead(
         &mut self,
         snap: &Snapshot,

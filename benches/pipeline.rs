@@ -43,7 +43,9 @@ use fwd_dataplane::conntrack::Timeouts;
 use fwd_dataplane::counters::DropReason;
 use fwd_dataplane::flow::{FlowKey, L4Proto};
 use fwd_dataplane::frame::{Frame, HEADROOM};
-use fwd_dataplane::io::{Ahead as AheadFrames, Batch, PacketIo, ReplayIo, Verdict, BUF_SIZE, MAX_BATCH};
+use fwd_dataplane::io::{
+    Ahead as AheadFrames, Batch, PacketIo, ReplayIo, TwoSetRotation, Verdict, BUF_SIZE, MAX_BATCH,
+};
 use fwd_dataplane::maglev::{BackendKey, MaglevMember, MaglevTable, DEFAULT_TABLE_SIZE};
 use fwd_dataplane::pipeline::{Worker, WorkerConfig};
 use fwd_dataplane::prefetch::{LoadPrefetch, Prefetch};
@@ -293,9 +295,7 @@ struct CompactReplay {
     sets: [Vec<Box<[u8]>>; 2],
     /// The frame length in each buffer of each set.
     set_lens: [[usize; MAX_BATCH]; 2],
-    ahead_set: usize,
-    ahead_len: usize,
-    next: usize,
+    rotation: TwoSetRotation,
     tx: u64,
     passed: u64,
     dropped: u64,
@@ -311,28 +311,14 @@ impl CompactReplay {
         }
         let set = || (0..MAX_BATCH).map(|_| vec![0u8; BUF_SIZE].into_boxed_slice()).collect();
         CompactReplay {
+            rotation: TwoSetRotation::new(lens.len()).expect("at least one template"),
             templates,
             lens,
             sets: [set(), set()],
             set_lens: [[0; MAX_BATCH]; 2],
-            ahead_set: 0,
-            ahead_len: 0,
-            next: 0,
             tx: 0,
             passed: 0,
             dropped: 0,
-        }
-    }
-
-    /// Writes the next `n` templates into the set's first `n` buffers.
-    fn fill(&mut self, set: usize, n: usize) {
-        for (buf, buf_len) in self.sets[set % 2][..n].iter_mut().zip(self.set_lens[set % 2].iter_mut()) {
-            let t = self.next;
-            self.next = if t + 1 == self.lens.len() { 0 } else { t + 1 };
-            let len = usize::from(self.lens[t]);
-            buf[HEADROOM..HEADROOM + len]
-                .copy_from_slice(&self.templates[t * TEMPLATE_STRIDE..t * TEMPLATE_STRIDE + len]);
-            *buf_len = len;
         }
     }
 }
@@ -344,15 +330,14 @@ impl PacketIo for CompactReplay {
         process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict], &AheadFrames<'_>),
     ) -> usize {
         let n = max.clamp(1, MAX_BATCH);
-        let count = self.lens.len();
-        if self.ahead_len != n {
-            self.next = (self.next + count - self.ahead_len % count) % count;
-            self.fill(self.ahead_set, n);
-        }
-        let batch_set = self.ahead_set;
-        self.fill(1 - batch_set, n);
-        self.ahead_set = 1 - batch_set;
-        self.ahead_len = n;
+        let (templates, lens, sets, set_lens) =
+            (&self.templates, &self.lens, &mut self.sets, &mut self.set_lens);
+        let batch_set = self.rotation.advance(n, |set, slot, t| {
+            let len = usize::from(lens[t]);
+            sets[set][slot][HEADROOM..HEADROOM + len]
+                .copy_from_slice(&templates[t * TEMPLATE_STRIDE..t * TEMPLATE_STRIDE + len]);
+            set_lens[set][slot] = len;
+        });
         let (batch_lens, ahead_lens) = (&self.set_lens[batch_set], &self.set_lens[1 - batch_set]);
         let [first, second] = &mut self.sets;
         let (batch_bufs, ahead_bufs) = if batch_set == 0 { (first, &*second) } else { (second, &*first) };

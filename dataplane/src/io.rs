@@ -163,6 +163,49 @@ impl PacketIo for MemIo {
     }
 }
 
+/// The turn-taking of two buffer sets in a replay that writes each batch one poll early, so that
+/// [`PacketIo::poll_ahead`] can show it: while one set holds the batch, the other holds the frames
+/// ahead of it. Templates are written in order, round and round; a poll of another size than the
+/// last rewinds over the frames written ahead and writes its batch afresh.
+#[derive(Clone, Copy, Debug)]
+pub struct TwoSetRotation {
+    templates: usize,
+    /// The next template to write.
+    next: usize,
+    /// The set holding the frames ahead of the last batch, and how many it holds.
+    ahead_set: usize,
+    ahead_len: usize,
+}
+
+impl TwoSetRotation {
+    /// `None` if there are no templates.
+    pub fn new(templates: usize) -> Option<Self> {
+        (templates > 0).then_some(TwoSetRotation { templates, next: 0, ahead_set: 0, ahead_len: 0 })
+    }
+
+    /// Starts a poll of `n` frames: `write(set, slot, template)` is called for every buffer that
+    /// needs a template written. Returns the set holding the batch; the other (`1 - set`) holds
+    /// the `n` frames ahead of it.
+    pub fn advance(&mut self, n: usize, mut write: impl FnMut(usize, usize, usize)) -> usize {
+        if self.ahead_len != n {
+            self.next = (self.next + self.templates - self.ahead_len % self.templates) % self.templates;
+            self.fill(self.ahead_set, n, &mut write);
+        }
+        let batch_set = self.ahead_set;
+        self.fill(1 - batch_set, n, &mut write);
+        self.ahead_set = 1 - batch_set;
+        self.ahead_len = n;
+        batch_set
+    }
+
+    fn fill(&mut self, set: usize, n: usize, write: &mut impl FnMut(usize, usize, usize)) {
+        for slot in 0..n {
+            write(set, slot, self.next);
+            self.next = if self.next + 1 == self.templates { 0 } else { self.next + 1 };
+        }
+    }
+}
+
 /// Benchmark I/O: replays a fixed set of template frames forever, without allocating. Each poll
 /// copies templates into its buffers (as a NIC would have written them) and only counts
 /// verdicts. Two sets of [`MAX_BATCH`] buffers take turns: while one holds the batch, the other
@@ -171,11 +214,7 @@ impl PacketIo for MemIo {
 pub struct ReplayIo {
     templates: Vec<Buf>,
     sets: [Vec<Buf>; 2],
-    /// The set holding the frames ahead of the last batch, and how many it holds.
-    ahead_set: usize,
-    ahead_len: usize,
-    /// The next template to write.
-    next: usize,
+    rotation: TwoSetRotation,
     pub tx: u64,
     pub passed: u64,
     pub dropped: u64,
@@ -187,26 +226,13 @@ impl ReplayIo {
         let templates: Vec<Buf> = templates.iter().map(|t| Buf::with_frame(t)).collect::<Option<_>>()?;
         let set = vec![templates.first()?.clone(); MAX_BATCH];
         Some(ReplayIo {
+            rotation: TwoSetRotation::new(templates.len())?,
             templates,
             sets: [set.clone(), set],
-            ahead_set: 0,
-            ahead_len: 0,
-            next: 0,
             tx: 0,
             passed: 0,
             dropped: 0,
         })
-    }
-
-    /// Writes the next `n` templates into the set's first `n` buffers.
-    fn fill(&mut self, set: usize, n: usize) {
-        for b in self.sets[set % 2][..n].iter_mut() {
-            let t = &self.templates[self.next];
-            self.next = (self.next + 1) % self.templates.len();
-            b.bytes[HEADROOM..HEADROOM + t.len].copy_from_slice(&t.bytes[HEADROOM..HEADROOM + t.len]);
-            b.start = HEADROOM;
-            b.len = t.len;
-        }
     }
 }
 
@@ -217,16 +243,13 @@ impl PacketIo for ReplayIo {
         process: &mut dyn FnMut(&mut Batch<'_>, &mut [Verdict], &Ahead<'_>),
     ) -> usize {
         let n = max.clamp(1, MAX_BATCH);
-        let count = self.templates.len();
-        if self.ahead_len != n {
-            // The frames written ahead are not this batch: rewind over them and write it afresh.
-            self.next = (self.next + count - self.ahead_len % count) % count;
-            self.fill(self.ahead_set, n);
-        }
-        let batch_set = self.ahead_set;
-        self.fill(1 - batch_set, n);
-        self.ahead_set = 1 - batch_set;
-        self.ahead_len = n;
+        let (templates, sets) = (&self.templates, &mut self.sets);
+        let batch_set = self.rotation.advance(n, |set, slot, template| {
+            let (b, t) = (&mut sets[set][slot], &templates[template]);
+            b.bytes[HEADROOM..HEADROOM + t.len].copy_from_slice(&t.bytes[HEADROOM..HEADROOM + t.len]);
+            b.start = HEADROOM;
+            b.len = t.len;
+        });
         let [first, second] = &mut self.sets;
         let (batch, ahead) = if batch_set == 0 { (first, &*second) } else { (second, &*first) };
         let mut verdicts = [Verdict::Drop(DropReason::Malformed); MAX_BATCH];
@@ -280,5 +303,27 @@ mod tests {
             });
         }
         assert_eq!((io.tx, io.dropped), (3, 3));
+    }
+
+    #[test]
+    fn two_set_rotation_replays_templates_in_order_and_shows_the_next_batch() {
+        let mut rotation = TwoSetRotation::new(5).unwrap();
+        let mut sets = [[usize::MAX; MAX_BATCH]; 2];
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        let mut shown: Vec<Vec<usize>> = Vec::new();
+        for n in [2, 2, 3, 1, 3, 3, 7, 7] {
+            let set = rotation.advance(n, |set, slot, template| sets[set][slot] = template);
+            batches.push(sets[set][..n].to_vec());
+            shown.push(sets[1 - set][..n].to_vec());
+        }
+        let replayed: Vec<usize> = batches.concat();
+        let expected: Vec<usize> = (0..replayed.len()).map(|i| i % 5).collect();
+        assert_eq!(replayed, expected, "every template once, in order, across changes of batch size");
+        for i in 0..batches.len() - 1 {
+            if batches[i].len() == batches[i + 1].len() {
+                assert_eq!(shown[i], batches[i + 1], "what poll {i} showed ahead is the next batch");
+            }
+        }
+        assert!(TwoSetRotation::new(0).is_none());
     }
 }

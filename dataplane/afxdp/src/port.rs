@@ -1751,6 +1751,46 @@ mod tests {
         );
     }
 
+    /// Root without CAP_SYS_RESOURCE (as in many containers) cannot lift RLIMIT_MEMLOCK, but with
+    /// CAP_IPC_LOCK the kernel does not charge the UMEM to it: a 16 MiB UMEM under a 1 MiB limit
+    /// must open. Runs twice, as the test above: the child has the limit and lacks the capability.
+    #[test]
+    fn umem_above_the_memlock_limit_opens_with_cap_ipc_lock() {
+        const CHILD: &str = "FWD_AFXDP_IPC_LOCK_CHILD";
+        const TEST: &str = "port::tests::umem_above_the_memlock_limit_opens_with_cap_ipc_lock";
+        let config = PortConfig {
+            frame_count: 4096,
+            frame_size: 4096,
+            bind_mode: BindMode::Copy,
+            ..PortConfig::default()
+        };
+        if std::env::var_os(CHILD).is_some() {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap();
+            assert!(!sys::has_effective_capability(&status, 24), "the child must lack CAP_SYS_RESOURCE");
+            let net = NetnsPair::new();
+            let port = net.a.run(|| Port::open(IFACE, 0, &config));
+            assert!(port.is_ok(), "{:?}", port.err());
+            println!("child opened a {}-byte UMEM", config.umem_bytes());
+            return;
+        }
+        testnet::require_root();
+        let output = std::process::Command::new("prlimit")
+            .args([
+                "--memlock=1048576:1048576",
+                "setpriv",
+                "--bounding-set=-sys_resource",
+                "--inh-caps=-sys_resource",
+            ])
+            .arg(std::env::current_exe().unwrap())
+            .args(["--exact", TEST, "--nocapture", "--test-threads=1"])
+            .env(CHILD, "1")
+            .output()
+            .expect("cannot run prlimit/setpriv (util-linux)");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+        assert!(stdout.contains("child opened a 16777216-byte UMEM"), "{stdout}");
+    }
+
     #[test]
     fn second_socket_on_a_queue_is_refused_with_a_hint() {
         let net = NetnsPair::new();

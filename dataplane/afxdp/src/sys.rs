@@ -101,6 +101,17 @@ fn set_memlock_limit(soft: u64, hard: u64) -> bool {
     unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) == 0 }
 }
 
+const CAP_IPC_LOCK: u32 = 14;
+
+/// Whether the `CapEff:` line of a `/proc/<pid>/status` text has capability bit `cap` set.
+pub(crate) fn has_effective_capability(status: &str, cap: u32) -> bool {
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("CapEff:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| cap < 64 && (mask >> cap) & 1 == 1)
+}
+
 /// What [`ensure_memlock`] does, decided from the limits alone (so it can be tested as any user).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum MemlockStep {
@@ -129,6 +140,12 @@ pub(crate) fn ensure_memlock(needed: u64) -> Result<(), (u64, u64)> {
     if set_memlock_limit(libc::RLIM_INFINITY, libc::RLIM_INFINITY) {
         return Ok(());
     }
+    // Root in a container often lacks CAP_SYS_RESOURCE (so cannot lift the limit) but has
+    // CAP_IPC_LOCK, and the kernel does not charge a UMEM to the limit of a process that has it.
+    if std::fs::read_to_string("/proc/self/status").is_ok_and(|s| has_effective_capability(&s, CAP_IPC_LOCK))
+    {
+        return Ok(());
+    }
     let Ok((soft, hard)) = memlock_limit() else {
         // Cannot even read the limit: let the UMEM registration report what it finds.
         return Ok(());
@@ -148,6 +165,19 @@ pub(crate) fn neg_errno(rc: libc::c_int) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn effective_capabilities_are_read_from_the_status_text() {
+        let root_in_a_container = "Name:\tfwd\nCapInh:\t0000000000000000\nCapPrm:\t000001fffeffffff\n\
+                                   CapEff:\t000001fffeffffff\nCapBnd:\t000001fffeffffff\n";
+        assert!(has_effective_capability(root_in_a_container, CAP_IPC_LOCK));
+        assert!(!has_effective_capability(root_in_a_container, 24), "CAP_SYS_RESOURCE is not in fffeffffff");
+        let nobody = "CapEff:\t0000000000000000\n";
+        assert!(!has_effective_capability(nobody, CAP_IPC_LOCK));
+        assert!(!has_effective_capability("no such line", CAP_IPC_LOCK));
+        assert!(!has_effective_capability("CapEff:\tnot hex\n", CAP_IPC_LOCK));
+        assert!(!has_effective_capability("CapEff:\tffffffffffffffff\n", 64));
+    }
 
     #[test]
     fn memlock_step_raises_only_what_the_hard_limit_allows() {

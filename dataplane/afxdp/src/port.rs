@@ -1404,6 +1404,18 @@ mod tests {
         }
     }
 
+    /// Our XDP program on IFACE (in the current namespace) steering VIP_V4 to a 256-frame port.
+    /// The program is returned to keep it attached while the port is used.
+    fn port_steering_vip_v4() -> (XdpProgram, Port) {
+        let mut program = XdpProgram::load().unwrap();
+        program.attach(IFACE, AttachMode::Auto).unwrap();
+        let config = PortConfig { frame_count: 256, ..PortConfig::default() };
+        let port = Port::open(IFACE, 0, &config).unwrap();
+        program.register_port(&port).unwrap();
+        program.sync_vips(&[VIP_V4.parse().unwrap()]).unwrap();
+        (program, port)
+    }
+
     /// What `Worker::process_batch_ahead` relies on: `poll_ahead` shows the frames waiting on
     /// the RX ring behind a batch, and the next batch starts with those frames, unchanged, at the
     /// same addresses. A burst waits on the ring before the port polls it 8 frames at a time.
@@ -1417,12 +1429,7 @@ mod tests {
         let (received, matched, shown_total) = std::thread::scope(|scope| {
             let side = scope.spawn(move || {
                 net.a.enter();
-                let mut program = XdpProgram::load().unwrap();
-                program.attach(IFACE, AttachMode::Auto).unwrap();
-                let config = PortConfig { frame_count: 256, ..PortConfig::default() };
-                let mut port = Port::open(IFACE, 0, &config).unwrap();
-                program.register_port(&port).unwrap();
-                program.sync_vips(&[VIP_V4.parse().unwrap()]).unwrap();
+                let (_program, mut port) = port_steering_vip_v4();
                 ready_tx.send(()).unwrap();
                 sent_rx.recv_timeout(Duration::from_secs(30)).expect("the burst was not sent");
                 // Address and bytes of each frame shown ahead of the last batch.
@@ -1516,12 +1523,7 @@ mod tests {
             let net = &net;
             let fwd = scope.spawn(move || {
                 net.a.enter();
-                let mut program = XdpProgram::load().unwrap();
-                program.attach(IFACE, AttachMode::Auto).unwrap();
-                let config = PortConfig { frame_count: 256, ..PortConfig::default() };
-                let mut port = Port::open(IFACE, 0, &config).unwrap();
-                program.register_port(&port).unwrap();
-                program.sync_vips(&[VIP_V4.parse().unwrap()]).unwrap();
+                let (_program, mut port) = port_steering_vip_v4();
                 ready_tx.send(()).unwrap();
                 sent_rx.recv_timeout(Duration::from_secs(30)).expect("the sender did not finish");
                 let mut batch_len = 0;

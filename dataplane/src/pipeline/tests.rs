@@ -187,6 +187,17 @@ fn tcp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: usize) ->
 }
 
 /// Runs frames through one batch and returns (verdicts, MemIo).
+/// An ICMP echo request from the client to VIP4 (id 7, sequence 1, payload "ping").
+fn echo4() -> Vec<u8> {
+    let mut frame = Vec::new();
+    PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC)
+        .ipv4(CLIENT4, VIP4, 63)
+        .icmpv4_echo_request(7, 1)
+        .write(&mut frame, b"ping")
+        .unwrap();
+    frame
+}
+
 fn run(w: &mut Worker, snap: &Snapshot, frames: &[Vec<u8>], now_ms: u64) -> (Vec<Verdict>, MemIo) {
     let mut io = MemIo::new();
     for f in frames {
@@ -547,12 +558,7 @@ fn icmp_replies_are_rate_limited_per_worker() {
 #[test]
 fn echo_requests_to_vips_are_answered() {
     let snap = standard();
-    let mut f4 = Vec::new();
-    PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC)
-        .ipv4(CLIENT4, VIP4, 63)
-        .icmpv4_echo_request(7, 1)
-        .write(&mut f4, b"ping")
-        .unwrap();
+    let f4 = echo4();
     let mut f6 = Vec::new();
     PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC)
         .ipv6(CLIENT6, VIP6, 63)
@@ -860,12 +866,7 @@ fn run_ahead(
 
 /// Every kind of frame the golden tests use, to VIPs and not, in one list.
 fn mixed_frames(count: u16) -> Vec<Vec<u8>> {
-    let mut echo = Vec::new();
-    PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC)
-        .ipv4(CLIENT4, VIP4, 63)
-        .icmpv4_echo_request(7, 1)
-        .write(&mut echo, b"ping")
-        .unwrap();
+    let echo = echo4();
     let mut vlan = Vec::new();
     PacketBuilder::ethernet2(ROUTER_MAC, OUR_MAC)
         .single_vlan(VlanId::try_new(7).unwrap())

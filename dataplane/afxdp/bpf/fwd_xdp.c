@@ -8,7 +8,10 @@
 // shows up in the counters instead of silently black-holing traffic.
 //
 // A traffic sink sets SETTING_CAPTURE_ALL_IP in `settings`: then every IPv4/IPv6 frame (ND still
-// excepted) goes to the socket whatever its destination, and `vips` is not consulted.
+// excepted) goes to the socket whatever its destination, and `vips` is not consulted. With
+// SETTING_COUNT_AND_DROP as well, those frames are counted and dropped here instead: a sink that
+// only needs to know how many frames arrived (a benchmark's generator at full load, whose sink
+// would otherwise take from its core a share that grows with what the device under test forwards).
 //
 // Keys are 16 bytes: IPv6 as is, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d), the encoding of
 // fwd_dataplane::flow::ip_to_16. The layout of the maps and counters is mirrored in
@@ -31,12 +34,14 @@
 
 // Bits of settings[0].
 #define SETTING_CAPTURE_ALL_IP 1
+#define SETTING_COUNT_AND_DROP 2
 
 enum counter {
 	COUNTER_REDIRECTED = 0,    // VIP frame handed to the queue's socket
 	COUNTER_PASSED = 1,        // not for a VIP: to the kernel
 	COUNTER_VIP_NO_SOCKET = 2, // VIP frame on a queue without a socket: to the kernel
-	COUNTER_COUNT = 3,
+	COUNTER_COUNTED_AND_DROPPED = 3, // captured with SETTING_COUNT_AND_DROP
+	COUNTER_COUNT = 4,
 };
 
 struct vip_key {
@@ -145,6 +150,10 @@ int fwd_xdp(struct xdp_md *ctx)
 
 	if (!capture_all && !bpf_map_lookup_elem(&vips, &key))
 		goto pass;
+	if (capture_all && (*flags & SETTING_COUNT_AND_DROP)) {
+		count(COUNTER_COUNTED_AND_DROPPED);
+		return XDP_DROP;
+	}
 
 	long action = bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);
 	count(action == XDP_REDIRECT ? COUNTER_REDIRECTED : COUNTER_VIP_NO_SOCKET);

@@ -49,6 +49,6 @@ pub use packet::{PacketConfig, PacketError, PacketSocket, PacketStats};
 pub use port::{BindMode, BoundMode, KernelStats, Port, PortConfig, PortError, PortStats};
 pub use prefetch::CpuPrefetch;
 pub use program::{
-    AttachMode, AttachReport, AttachedMode, ProgramError, RemovedProgram, VipSync, XdpCounters, XdpProgram,
-    MAX_QUEUES, MAX_VIPS,
+    AttachMode, AttachReport, AttachedMode, Capture, ProgramError, RemovedProgram, VipSync, XdpCounters,
+    XdpProgram, MAX_QUEUES, MAX_VIPS,
 };

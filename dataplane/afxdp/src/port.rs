@@ -1580,7 +1580,7 @@ mod tests {
         let (sent, received, port_stats) = net.a.run(|| {
             let mut program = XdpProgram::load().unwrap();
             program.attach(IFACE, AttachMode::Auto).unwrap();
-            program.set_capture_all(true).unwrap();
+            program.set_capture(crate::Capture::AllToSockets).unwrap();
             let config = PortConfig { frame_count: 256, tx_frames: 64, ..PortConfig::default() };
             let mut port = Port::open(IFACE, 0, &config).unwrap();
             assert_eq!((port.tx_frames(), port.tx_free_frames()), (64, 64));

@@ -29,11 +29,12 @@ pub const MAX_VIPS: usize = 4096;
 /// Queue numbers the `xsks` map covers: `0..MAX_QUEUES` (`MAX_QUEUES` in bpf/fwd_xdp.c).
 pub const MAX_QUEUES: u32 = 1024;
 
-/// `SETTING_CAPTURE_ALL_IP` in bpf/fwd_xdp.c: bit of `settings[0]`.
+/// `SETTING_CAPTURE_ALL_IP` and `SETTING_COUNT_AND_DROP` in bpf/fwd_xdp.c: bits of `settings[0]`.
 const SETTING_CAPTURE_ALL_IP: u32 = 1;
+const SETTING_COUNT_AND_DROP: u32 = 2;
 
 /// Counter slots of the per-CPU `counters` map, in bpf/fwd_xdp.c's `enum counter` order.
-const COUNTER_SLOTS: u32 = 3;
+const COUNTER_SLOTS: u32 = 4;
 
 #[repr(C, align(8))]
 struct Aligned<B: ?Sized>(B);
@@ -107,6 +108,22 @@ pub struct XdpCounters {
     pub passed: u64,
     /// VIP frames that arrived on a queue without a socket and went to the kernel instead.
     pub vip_without_socket: u64,
+    /// Frames captured with [`Capture::CountAndDrop`]: counted, then dropped.
+    pub counted_and_dropped: u64,
+}
+
+/// What the program does with IP frames whatever their destination: the receive side of a
+/// traffic sink, which must see traffic to addresses it does not know in advance (the outer
+/// destinations of tunnelled frames). ARP and ND reach the kernel in every mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Capture {
+    /// Only frames to the addresses in the `vips` map go to the queue's socket (fwd).
+    VipsOnly,
+    /// Every IPv4 and IPv6 frame goes to the queue's socket; the `vips` map is ignored.
+    AllToSockets,
+    /// Every IPv4 and IPv6 frame is counted (`counted_and_dropped`) and dropped: a sink that
+    /// needs only how many frames arrived, at the cost of an XDP run each.
+    AllCountAndDrop,
 }
 
 /// What [`XdpProgram::sync_vips`] changed.
@@ -355,13 +372,15 @@ impl XdpProgram {
         Ok(sync)
     }
 
-    /// With `true`, every IPv4 and IPv6 frame (neighbour discovery excepted) goes to the
-    /// queue's socket whatever its destination, and the `vips` map is ignored: the receive side of
-    /// a traffic sink, which must see traffic to addresses it does not know in advance (the outer
-    /// destinations of tunnelled frames). ARP and ND still reach the kernel.
-    pub fn set_capture_all(&self, capture_all: bool) -> Result<(), ProgramError> {
+    /// Sets what the program does with IP frames to other addresses than the VIPs (see
+    /// [`Capture`]).
+    pub fn set_capture(&self, capture: Capture) -> Result<(), ProgramError> {
         let key: u32 = 0;
-        let flags: u32 = if capture_all { SETTING_CAPTURE_ALL_IP } else { 0 };
+        let flags: u32 = match capture {
+            Capture::VipsOnly => 0,
+            Capture::AllToSockets => SETTING_CAPTURE_ALL_IP,
+            Capture::AllCountAndDrop => SETTING_CAPTURE_ALL_IP | SETTING_COUNT_AND_DROP,
+        };
         // SAFETY: key and value are u32s, the array map's sizes, and live across the call.
         let rc = unsafe {
             bpf::bpf_map_update_elem(
@@ -484,11 +503,16 @@ impl XdpProgram {
             }
             *sum = per_cpu.iter().sum();
         }
-        Ok(XdpCounters { redirected: sums[0], passed: sums[1], vip_without_socket: sums[2] })
+        Ok(XdpCounters {
+            redirected: sums[0],
+            passed: sums[1],
+            vip_without_socket: sums[2],
+            counted_and_dropped: sums[3],
+        })
     }
 
     /// Runs the program once over `frame` in the kernel (BPF_PROG_TEST_RUN) and returns its
-    /// action (XDP_PASS = 2, XDP_REDIRECT = 4). The frame is not sent anywhere.
+    /// action (XDP_DROP = 1, XDP_PASS = 2, XDP_REDIRECT = 4). The frame is not sent anywhere.
     #[cfg(test)]
     pub(crate) fn test_run(&self, frame: &[u8]) -> Result<u32, io::Error> {
         let mut opts = bpf::bpf_test_run_opts {
@@ -589,6 +613,7 @@ mod tests {
     use etherparse::{ArpHardwareId, ArpOperation, ArpPacket, EtherType, Icmpv6Type, PacketBuilder};
     use std::net::{Ipv4Addr, Ipv6Addr};
 
+    const XDP_DROP: u32 = 1;
     const XDP_PASS: u32 = 2;
     const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
     const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -754,7 +779,7 @@ mod tests {
     fn capture_all_steers_every_ip_frame_but_leaves_arp_and_nd_to_the_kernel() {
         testnet::require_root();
         let program = XdpProgram::load().unwrap();
-        program.set_capture_all(true).unwrap();
+        program.set_capture(Capture::AllToSockets).unwrap();
         let steered = |frame: &[u8]| {
             let before = program.counters().unwrap();
             program.test_run(frame).unwrap();
@@ -774,8 +799,44 @@ mod tests {
             );
             assert_eq!(steered(&frame), is_ip, "capture all: {description} (normally {expected:?})");
         }
-        program.set_capture_all(false).unwrap();
+        program.set_capture(Capture::VipsOnly).unwrap();
         assert!(!steered(&udp4(OTHER4)), "back to VIPs only: no VIP is configured");
+    }
+
+    #[test]
+    fn count_and_drop_counts_every_ip_frame_drops_it_and_leaves_arp_and_nd_to_the_kernel() {
+        testnet::require_root();
+        let program = XdpProgram::load().unwrap();
+        program.set_capture(Capture::AllCountAndDrop).unwrap();
+        // (action, counted and dropped, sent on to the socket path) for one frame.
+        let run = |frame: &[u8]| {
+            let before = program.counters().unwrap();
+            let action = program.test_run(frame).unwrap();
+            let after = program.counters().unwrap();
+            let socket_path = (after.redirected + after.vip_without_socket)
+                - (before.redirected + before.vip_without_socket);
+            (action, after.counted_and_dropped - before.counted_and_dropped, socket_path)
+        };
+        for (description, frame, expected) in cases() {
+            let is_ip = !matches!(
+                description,
+                "ARP request for the VIP"
+                    | "neighbour solicitation addressed to the VIP"
+                    | "three VLAN tags: more than fwd parses"
+                    | "IPv4 header cut short"
+                    | "IPv6 header cut short"
+                    | "VLAN tag cut short"
+                    | "bare Ethernet header"
+            );
+            let want = if is_ip { (XDP_DROP, 1, 0) } else { (XDP_PASS, 0, 0) };
+            assert_eq!(run(&frame), want, "count and drop: {description} (normally {expected:?})");
+        }
+        program.set_capture(Capture::AllToSockets).unwrap();
+        assert_eq!(
+            run(&udp4(OTHER4)),
+            (XDP_PASS, 0, 1),
+            "to the sockets again (none registered: passed, counted as without socket)"
+        );
     }
 
     #[test]

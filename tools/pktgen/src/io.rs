@@ -5,6 +5,7 @@
 //! attached to an interface a sink listens on) lives on the main thread until every endpoint is
 //! gone.
 
+use fwd_afxdp::Capture as CaptureMode;
 use fwd_afxdp::{
     AttachMode, AttachedMode, BindMode, PacketConfig, PacketSocket, Port, PortConfig, XdpProgram,
 };
@@ -41,6 +42,8 @@ pub struct IoConfig {
     pub bind: BindArg,
     pub frames: u32,
     pub need_wakeup: bool,
+    /// The receive side's XDP program counts and drops what arrives (see `--count-only`).
+    pub count_only: bool,
 }
 
 /// The XDP program that steers an interface's IP frames to the sink's sockets.
@@ -160,9 +163,15 @@ pub fn open(
 ) -> anyhow::Result<Opened> {
     match config.kind {
         IoKind::Xdp => open_xdp(ifname, queues, directions, config),
+        IoKind::Packet if config.count_only && directions.receive => {
+            anyhow::bail!("--count-only counts in fwd's XDP program: it needs AF_XDP, not --io packet")
+        }
         IoKind::Packet => open_packet(ifname, queues, directions),
         IoKind::Auto => match open_xdp(ifname, queues, directions, config) {
             Ok(opened) => Ok(opened),
+            Err(e) if config.count_only && directions.receive => {
+                Err(e.context(format!("--count-only needs AF_XDP on {ifname}")))
+            }
             Err(e) => {
                 let reason = format!("{e:#}");
                 eprintln!("fwd-pktgen: AF_XDP unavailable on {ifname} ({reason}); using AF_PACKET");
@@ -188,7 +197,11 @@ fn open_xdp(
             XdpModeArg::Generic => AttachMode::Generic,
         };
         let attached = program.attach(ifname, mode)?.mode;
-        program.set_capture_all(true)?;
+        program.set_capture(if config.count_only {
+            CaptureMode::AllCountAndDrop
+        } else {
+            CaptureMode::AllToSockets
+        })?;
         Some(Capture { program, mode: attached })
     } else {
         None

@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub const BATCH: usize = 64;
+/// A paced sender sends the packets of this many nanoseconds together (see `Pacer::burst`).
+pub const BURST_NS: u64 = 20_000;
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock in every payload.
 #[inline]
@@ -33,17 +35,22 @@ pub fn monotonic_ns() -> u64 {
 pub struct Pacer {
     pub per_second: Option<f64>,
     pub start_ns: u64,
+    /// Packets that go together: the rate's packets of `BURST_NS` (1 at low rates, at most
+    /// `BATCH`). One packet per transmit call at 800 kpps costs a system call each: the paced
+    /// generator topped out near 800 kpps where flat out, in batches of 64, it sends 1.3 Mpps.
+    pub burst: u64,
     /// Packets the schedule let go because the thread was more than a batch behind.
     pub behind_schedule: u64,
 }
 
 impl Pacer {
     pub fn new(per_second: Option<f64>, start_ns: u64) -> Pacer {
-        Pacer { per_second, start_ns, behind_schedule: 0 }
+        let burst = per_second.map_or(1, |r| ((r * BURST_NS as f64 / 1e9) as u64).clamp(1, BATCH as u64));
+        Pacer { per_second, start_ns, behind_schedule: 0, burst }
     }
 
-    /// How many packets may go now, given `sent` so far (at most `BATCH`). Packet `n` is due at
-    /// `start + n / rate`, counting the packets let go as if sent.
+    /// How many packets may go now, given `sent` so far (at most `BATCH`; none until a burst
+    /// is due). Packet `n` is due at `start + n / rate`, counting the packets let go as if sent.
     #[inline]
     pub fn allowed(&mut self, now_ns: u64, sent: u64) -> usize {
         match self.per_second {
@@ -54,17 +61,21 @@ impl Pacer {
                 if backlog > BATCH as u64 {
                     self.behind_schedule += backlog - BATCH as u64;
                 }
+                if backlog < self.burst {
+                    return 0;
+                }
                 backlog.min(BATCH as u64) as usize
             }
         }
     }
 
-    /// How long until packet `sent` is due.
+    /// How long until the burst starting at packet `sent` is due.
     pub fn wait(&self, now_ns: u64, sent: u64) -> Duration {
         match self.per_second {
             None => Duration::ZERO,
             Some(rate) => {
-                let due_ns = self.start_ns + ((sent + self.behind_schedule) as f64 * 1e9 / rate) as u64;
+                let last = sent + self.behind_schedule + self.burst - 1;
+                let due_ns = self.start_ns + (last as f64 * 1e9 / rate) as u64;
                 Duration::from_nanos(due_ns.saturating_sub(now_ns))
             }
         }
@@ -338,5 +349,19 @@ mod tests {
         // Back on schedule: nothing more is let go.
         assert_eq!(pacer.allowed(2_010_000_000, sent + 1), 9, "packets due at 2.002 .. 2.010 s");
         assert_eq!(pacer.behind_schedule, 901 - BATCH as u64);
+    }
+
+    #[test]
+    fn a_fast_pacer_sends_bursts_of_twenty_microseconds() {
+        // 1 Mpps: packet n is due at n us; 20 go together.
+        let mut pacer = Pacer::new(Some(1e6), 0);
+        assert_eq!(pacer.burst, 20);
+        assert_eq!(pacer.allowed(18_000, 0), 0, "19 due: not a burst yet");
+        assert_eq!(pacer.wait(18_000, 0), Duration::from_micros(1), "packet 19 is due at 19 us");
+        assert_eq!(pacer.allowed(19_000, 0), 20);
+        assert_eq!(pacer.allowed(39_500, 20), 20, "packets 20..=39 by 39.5 us");
+        assert_eq!(pacer.behind_schedule, 0);
+        assert_eq!(Pacer::new(Some(1e9), 0).burst, BATCH as u64, "at most a batch");
+        assert_eq!(Pacer::new(Some(10_000.0), 0).burst, 1, "one at a time below 50 kpps");
     }
 }

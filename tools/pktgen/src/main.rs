@@ -606,9 +606,8 @@ mod tests {
     //! command line; the parent checks what arrived.
 
     use super::*;
-    use crate::testnet::{child_args, run_child, rx_packets, sink_ready, spawn_child};
+    use crate::testnet::{child_args, run_child, rx_packets, spawn_child, wait_for_sink};
     use fwd_afxdp::testnet::{NetnsPair, IFACE, MAC_A, MAC_B};
-    use std::time::Instant;
 
     /// In a child: runs fwd-pktgen with the arguments the parent passed and returns true.
     fn as_child() -> bool {
@@ -693,11 +692,7 @@ mod tests {
             "never",
         ];
         let sink = spawn_child(&net.b, COUNT_ONLY_TEST, &sink_args);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !sink_ready(&net.b, true) {
-            assert!(Instant::now() < deadline, "the sink did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_sink(&net.b, true);
         let sent = run_child(
             &net.a,
             COUNT_ONLY_TEST,
@@ -784,11 +779,7 @@ mod tests {
                 ],
             );
             // Wait until the sink listens: its XDP program is attached, or its socket open.
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while !sink_ready(&net.b, io == "xdp") {
-                assert!(Instant::now() < deadline, "the sink did not start");
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_for_sink(&net.b, io == "xdp");
             if io == "xdp" {
                 let link = net.b.ip(&["link", "show", "dev", IFACE]);
                 assert!(link.contains("xdpgeneric"), "the sink asked for generic XDP: {link}");

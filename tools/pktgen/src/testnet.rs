@@ -33,6 +33,15 @@ pub fn sink_ready(ns: &Netns, xdp: bool) -> bool {
     }
 }
 
+/// Waits up to 20 s for a sink to listen in `ns` (see [`sink_ready`]); panics if it does not.
+pub fn wait_for_sink(ns: &Netns, xdp: bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !sink_ready(ns, xdp) {
+        assert!(std::time::Instant::now() < deadline, "the sink did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// In a child started by [`run_child`]/[`spawn_child`]: the fwd-pktgen arguments.
 pub fn child_args() -> Option<Vec<String>> {
     let text = std::env::var(ARGS_VAR).ok()?;

@@ -775,6 +775,22 @@ mod tests {
         }
     }
 
+    /// Whether the case of [`cases`] named `description` is an IP frame the program parses, which
+    /// a capture takes whatever its destination (ARP, ND and frames it cannot parse stay with
+    /// the kernel).
+    fn is_captured_ip_frame(description: &str) -> bool {
+        !matches!(
+            description,
+            "ARP request for the VIP"
+                | "neighbour solicitation addressed to the VIP"
+                | "three VLAN tags: more than fwd parses"
+                | "IPv4 header cut short"
+                | "IPv6 header cut short"
+                | "VLAN tag cut short"
+                | "bare Ethernet header"
+        )
+    }
+
     #[test]
     fn capture_all_steers_every_ip_frame_but_leaves_arp_and_nd_to_the_kernel() {
         testnet::require_root();
@@ -787,16 +803,7 @@ mod tests {
             after.vip_without_socket - before.vip_without_socket == 1
         };
         for (description, frame, expected) in cases() {
-            let is_ip = !matches!(
-                description,
-                "ARP request for the VIP"
-                    | "neighbour solicitation addressed to the VIP"
-                    | "three VLAN tags: more than fwd parses"
-                    | "IPv4 header cut short"
-                    | "IPv6 header cut short"
-                    | "VLAN tag cut short"
-                    | "bare Ethernet header"
-            );
+            let is_ip = is_captured_ip_frame(description);
             assert_eq!(steered(&frame), is_ip, "capture all: {description} (normally {expected:?})");
         }
         program.set_capture(Capture::VipsOnly).unwrap();
@@ -818,16 +825,7 @@ mod tests {
             (action, after.counted_and_dropped - before.counted_and_dropped, socket_path)
         };
         for (description, frame, expected) in cases() {
-            let is_ip = !matches!(
-                description,
-                "ARP request for the VIP"
-                    | "neighbour solicitation addressed to the VIP"
-                    | "three VLAN tags: more than fwd parses"
-                    | "IPv4 header cut short"
-                    | "IPv6 header cut short"
-                    | "VLAN tag cut short"
-                    | "bare Ethernet header"
-            );
+            let is_ip = is_captured_ip_frame(description);
             let want = if is_ip { (XDP_DROP, 1, 0) } else { (XDP_PASS, 0, 0) };
             assert_eq!(run(&frame), want, "count and drop: {description} (normally {expected:?})");
         }

@@ -668,6 +668,16 @@ mod tests {
         assert!(arrived >= sent, "{arrived} arrived, {sent} sent");
     }
 
+    /// fwd-pktgen's arguments to send from `a` to `b` over `io`, to one IPv4 and one IPv6 VIP,
+    /// then `rest`.
+    fn send_to_both_vips<'a>(io: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+        let mut args =
+            vec!["--iface", IFACE, "--io", io, "--dst", "198.18.100.1:80", "--dst", "[fd00:18:100::1]:443"];
+        args.extend_from_slice(&["--dst-mac", MAC_B, "--src-mac", MAC_A]);
+        args.extend_from_slice(rest);
+        args
+    }
+
     const COUNT_ONLY_TEST: &str = "tests::count_only_counts_every_frame_in_xdp_and_drops_it";
 
     #[test]
@@ -696,29 +706,10 @@ mod tests {
         let sent = run_child(
             &net.a,
             COUNT_ONLY_TEST,
-            &[
-                "--iface",
-                IFACE,
-                "--io",
+            &send_to_both_vips(
                 "xdp",
-                "--dst",
-                "198.18.100.1:80",
-                "--dst",
-                "[fd00:18:100::1]:443",
-                "--dst-mac",
-                MAC_B,
-                "--src-mac",
-                MAC_A,
-                "--flows",
-                "100",
-                "--rate",
-                "10k",
-                "--count",
-                "3000",
-                "--json",
-                "--progress",
-                "never",
-            ],
+                &["--flows", "100", "--rate", "10k", "--count", "3000", "--json", "--progress", "never"],
+            ),
         );
         let report = sink.finish();
         assert_eq!(sent["sent"]["packets"], 3000, "{sent}");
@@ -787,35 +778,26 @@ mod tests {
             let sent = run_child(
                 &net.a,
                 SINK_TEST,
-                &[
-                    "--iface",
-                    IFACE,
-                    "--io",
+                &send_to_both_vips(
                     io,
-                    "--dst",
-                    "198.18.100.1:80",
-                    "--dst",
-                    "[fd00:18:100::1]:443",
-                    "--dst-mac",
-                    MAC_B,
-                    "--src-mac",
-                    MAC_A,
-                    "--proto",
-                    "tcp",
-                    "--tcp-flags",
-                    "mix",
-                    "--flows",
-                    "1000",
-                    "--size",
-                    "imix",
-                    "--rate",
-                    "10k",
-                    "--count",
-                    "4000",
-                    "--json",
-                    "--progress",
-                    "never",
-                ],
+                    &[
+                        "--proto",
+                        "tcp",
+                        "--tcp-flags",
+                        "mix",
+                        "--flows",
+                        "1000",
+                        "--size",
+                        "imix",
+                        "--rate",
+                        "10k",
+                        "--count",
+                        "4000",
+                        "--json",
+                        "--progress",
+                        "never",
+                    ],
+                ),
             );
             let report = sink.finish();
             let s = &report["sink"];

@@ -545,9 +545,18 @@ fn warm_up<P: Prefetch>(
 /// A warmed-up worker for `templates` (connection table twice the flow count; in huge pages
 /// through the global allocator, as in fwd).
 fn warm_worker<P: Prefetch>(snap: &Snapshot, frames: &[Vec<u8>], label: &str) -> Worker<P> {
+    warm_worker_with_capacity(snap, frames, 2 * frames.len(), label)
+}
+
+/// [`warm_worker`] with a connection table of `conn_capacity` entries.
+fn warm_worker_with_capacity<P: Prefetch>(
+    snap: &Snapshot,
+    frames: &[Vec<u8>],
+    conn_capacity: usize,
+    label: &str,
+) -> Worker<P> {
     let before = fwd_afxdp::memory::anon_huge_page_bytes().unwrap_or(0);
-    let mut worker =
-        Worker::with_prefetch(WorkerConfig { conn_capacity: 2 * frames.len(), timeouts: TIMEOUTS });
+    let mut worker = Worker::with_prefetch(WorkerConfig { conn_capacity, timeouts: TIMEOUTS });
     let after = fwd_afxdp::memory::anon_huge_page_bytes().unwrap_or(0);
     eprintln!(
         "{label}: connection table {} MiB, {} MiB of it in huge pages",
@@ -624,6 +633,9 @@ fn bench_naive(c: &mut Criterion, id: &str, io: &mut dyn Replay, naive: &mut Nai
     assert_eq!((passed, dropped), (0, 0), "{id}: frames passed or dropped");
 }
 
+/// fwd's default connection-table capacity per core (`capacity_per_core`).
+const FWD_CONN_CAPACITY: usize = 1_000_000;
+
 /// ReplayIo holds a 2.3 KiB buffer per template: use it up to this many flows.
 const REPLAY_IO_MAX_FLOWS: usize = 10_000;
 
@@ -660,6 +672,14 @@ fn benches(c: &mut Criterion) {
             let mut alone = warm_worker::<CpuPrefetch>(&snap, &frames, &label);
             bench_pipeline(c, &label, &mut compact, &mut alone, &snap, 32, Ahead::Ignore);
             drop(alone);
+            if flows < FWD_CONN_CAPACITY {
+                // The flows in a table of fwd's default size, as fwd's workers hold them.
+                let label = format!("tcp4-ipip-cap1m/f{flows}");
+                let mut sparse =
+                    warm_worker_with_capacity::<CpuPrefetch>(&snap, &frames, FWD_CONN_CAPACITY, &label);
+                bench_pipeline(c, &label, &mut compact, &mut sparse, &snap, 32, Ahead::Classify);
+                drop(sparse);
+            }
             let mut naive = Naive::new(&snap, flows, true);
             bench_naive(c, &format!("naive-ipip/f{flows}"), &mut compact, &mut naive, 32);
             if let Some(replay) = replay.as_mut() {

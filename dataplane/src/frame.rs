@@ -51,6 +51,14 @@ impl<'a> Frame<'a> {
         self.start
     }
 
+    /// The headroom's last byte, in the cache line an encapsulation's outer headers are written
+    /// to (they are shorter than a line): what the pipeline prefetches before encapsulating.
+    /// `None` without headroom.
+    #[inline]
+    pub fn last_headroom_byte(&self) -> Option<&u8> {
+        self.buf.get(self.start.checked_sub(1)?)
+    }
+
     #[inline]
     pub fn tailroom(&self) -> usize {
         self.buf.len() - self.start - self.len
@@ -103,5 +111,15 @@ mod tests {
         assert!(f.is_empty());
         assert!(Frame::new(&mut buf, 60, 5).is_none());
         assert!(Frame::new(&mut buf, usize::MAX, 5).is_none());
+    }
+
+    #[test]
+    fn the_last_headroom_byte_is_the_one_before_the_start() {
+        let mut buf: Vec<u8> = (0..=255).collect();
+        let f = Frame::new(&mut buf, 16, 32).unwrap();
+        assert_eq!(f.last_headroom_byte(), Some(&15));
+        let mut f = Frame::new(&mut buf, 16, 32).unwrap();
+        f.push_front(16).unwrap();
+        assert_eq!(f.last_headroom_byte(), None);
     }
 }

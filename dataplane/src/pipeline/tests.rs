@@ -1030,3 +1030,57 @@ proptest! {
         prop_assert_eq!((io1.tx, io1.passed, io1.dropped), (io2.tx, io2.passed, io2.dropped));
     }
 }
+
+thread_local! {
+    static PREFETCHED: std::cell::RefCell<Vec<usize>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A prefetch that records the address it was asked for.
+struct RecordingPrefetch;
+
+impl Prefetch for RecordingPrefetch {
+    fn prefetch<T: Copy>(value: &T) {
+        PREFETCHED.with(|p| p.borrow_mut().push(std::ptr::from_ref(value) as usize));
+    }
+}
+
+#[test]
+fn an_encapsulated_frame_has_its_headroom_line_prefetched_and_a_mac_rewritten_one_not() {
+    let snap = standard();
+    let mut w: Worker<RecordingPrefetch> = Worker::with_prefetch(WorkerConfig {
+        conn_capacity: 4096,
+        timeouts: Timeouts { tcp_established_ms: 900_000, tcp_closing_ms: 10_000, udp_ms: 60_000 },
+    });
+    let mut io = MemIo::new();
+    assert!(io.push_rx(&tcp4(CLIENT4, VIP4, 40000, 80, 10)));
+    assert!(io.push_rx(&tcp4(CLIENT4, VIP4_TUNNEL, 40001, 80, 10)));
+    let mut last_headroom_bytes = Vec::new();
+    PREFETCHED.with(|p| p.borrow_mut().clear());
+    io.poll(64, &mut |batch, verdicts| {
+        last_headroom_bytes = batch.iter().map(|f| f.data().as_ptr() as usize - 1).collect();
+        w.process_batch(&snap, batch, verdicts, 0);
+        assert_eq!(verdicts[..2], [Verdict::Tx, Verdict::Tx]);
+    });
+    let prefetched = PREFETCHED.with(|p| p.borrow().clone());
+    assert!(!prefetched.contains(&last_headroom_bytes[0]), "l2: {prefetched:x?}");
+    assert!(prefetched.contains(&last_headroom_bytes[1]), "ipip: {prefetched:x?}");
+}
+
+#[test]
+fn a_frame_whose_headers_fit_one_line_is_prefetched_once() {
+    #[repr(align(64))]
+    struct Lines([u8; 192]);
+    let lines = Lines([0; 192]);
+    let base = lines.0.as_ptr() as usize;
+    for (start, len, expected) in [
+        (0, 64, vec![base]),
+        (0, 192, vec![base, base + COMMON_HEADERS_SPAN - 1]),
+        (40, 64, vec![base + 40, base + 103]),
+        (64, 1, vec![base + 64]),
+        (64, 0, vec![]),
+    ] {
+        PREFETCHED.with(|p| p.borrow_mut().clear());
+        prefetch_headers::<RecordingPrefetch>(&lines.0[start..start + len]);
+        assert_eq!(PREFETCHED.with(|p| p.borrow().clone()), expected, "start {start} len {len}");
+    }
+}

@@ -18,6 +18,9 @@
 //! * `tcp4-ipip-noahead` at 10 000 and 1 000 000 flows, batch 32: the main case without
 //!   classifying ahead (`Worker::process_batch` instead of `process_batch_ahead`: each batch
 //!   classified in its own poll);
+//! * `tcp4-ipip-cap1m` at 10 000 flows, batch 32: the main case in a connection table of fwd's
+//!   default size (1 000 000 entries per core), where each flow has a bucket of its own (two lines
+//!   per flow instead of sharing header lines), as in fwd's workers;
 //! * `naive-l2`, `naive-ipip`: the peer, the same placement done the obvious way in the same run:
 //!   `etherparse::SlicedPacket::from_ethernet`, a std `HashMap` (SipHash) for the service and one
 //!   for the flow, then a MAC rewrite (and for ipip an outer IPv4 header built with etherparse).

@@ -140,11 +140,11 @@ fn standard() -> Snapshot {
     )
 }
 
+/// The test workers' idle timeouts.
+const TIMEOUTS: Timeouts = Timeouts { tcp_established_ms: 900_000, tcp_closing_ms: 10_000, udp_ms: 60_000 };
+
 fn worker() -> Worker {
-    Worker::new(WorkerConfig {
-        conn_capacity: 4096,
-        timeouts: Timeouts { tcp_established_ms: 900_000, tcp_closing_ms: 10_000, udp_ms: 60_000 },
-    })
+    Worker::new(WorkerConfig { conn_capacity: 4096, timeouts: TIMEOUTS })
 }
 
 fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: usize) -> Vec<u8> {
@@ -186,7 +186,6 @@ fn tcp6(src: [u8; 16], dst: [u8; 16], sport: u16, dport: u16, payload: usize) ->
     out
 }
 
-/// Runs frames through one batch and returns (verdicts, MemIo).
 /// An ICMP echo request from the client to VIP4 (id 7, sequence 1, payload "ping").
 fn echo4() -> Vec<u8> {
     let mut frame = Vec::new();
@@ -198,6 +197,7 @@ fn echo4() -> Vec<u8> {
     frame
 }
 
+/// Runs frames through one batch and returns (verdicts, MemIo).
 fn run(w: &mut Worker, snap: &Snapshot, frames: &[Vec<u8>], now_ms: u64) -> (Vec<Verdict>, MemIo) {
     let mut io = MemIo::new();
     for f in frames {
@@ -830,10 +830,7 @@ fn simulator_and_pipeline_agree_on_thousands_of_flows() {
 
 /// A worker whose connection table outgrows the caches, so that it classifies frames ahead.
 fn big_worker() -> Worker {
-    let w = Worker::new(WorkerConfig {
-        conn_capacity: 1 << 18,
-        timeouts: Timeouts { tcp_established_ms: 900_000, tcp_closing_ms: 10_000, udp_ms: 60_000 },
-    });
+    let w = Worker::new(WorkerConfig { conn_capacity: 1 << 18, timeouts: TIMEOUTS });
     assert!(w.conns().outgrows_cache());
     w
 }
@@ -1047,10 +1044,8 @@ impl Prefetch for RecordingPrefetch {
 #[test]
 fn an_encapsulated_frame_has_its_headroom_line_prefetched_and_a_mac_rewritten_one_not() {
     let snap = standard();
-    let mut w: Worker<RecordingPrefetch> = Worker::with_prefetch(WorkerConfig {
-        conn_capacity: 4096,
-        timeouts: Timeouts { tcp_established_ms: 900_000, tcp_closing_ms: 10_000, udp_ms: 60_000 },
-    });
+    let mut w: Worker<RecordingPrefetch> =
+        Worker::with_prefetch(WorkerConfig { conn_capacity: 4096, timeouts: TIMEOUTS });
     let mut io = MemIo::new();
     assert!(io.push_rx(&tcp4(CLIENT4, VIP4, 40000, 80, 10)));
     assert!(io.push_rx(&tcp4(CLIENT4, VIP4_TUNNEL, 40001, 80, 10)));

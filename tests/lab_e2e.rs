@@ -7,7 +7,9 @@
 //! - `ipip` and `gue` frames captured at a backend carry the right outer and inner headers;
 //! - fwd received exactly the packets the router sent to the VIPs and replies bypassed it;
 //! - the fwd box's own address still answers while fwd runs; fwd exits 0 on SIGTERM and leaves no
-//!   XDP program behind; with two queues, both workers forward.
+//!   XDP program behind; with two queues, both workers forward;
+//! - idle workers give their core away as told: the one-worker run sleeps in ppoll until frames
+//!   wake it (`--idle-wait-us`), the two-worker run yields (`--idle-yield`).
 //!
 //! And `tools/lab control` (tools/lab_control.py) checks the control side against real backends:
 //! health checks of every type (tcp, http, udp, exec) take a stopped, failing (HTTP 503) or hung
@@ -25,10 +27,17 @@ use std::sync::Mutex;
 /// One lab at a time: each runs a busy-polling forwarder and a dozen processes on two cores.
 static LAB: Mutex<()> = Mutex::new(());
 
-fn run_lab(queues: u32, cores: &str) -> serde_json::Value {
+/// `idle`: what fwd's idle workers do (LAB_IDLE: `wait` sleeps in ppoll until frames arrive,
+/// `yield` yields the core); the lab checks that they did it.
+fn run_lab(queues: u32, cores: &str, idle: &str) -> serde_json::Value {
     let summary = run_lab_mode(
         "test",
-        &[("LAB_FLOWS", "1000"), ("LAB_QUEUES", &queues.to_string()), ("LAB_CORES", cores)],
+        &[
+            ("LAB_FLOWS", "1000"),
+            ("LAB_QUEUES", &queues.to_string()),
+            ("LAB_CORES", cores),
+            ("LAB_IDLE", idle),
+        ],
     );
     let checks = summary["checks"].as_array().expect("checks");
     assert!(checks.len() >= 20, "too few checks ran: {summary}");
@@ -64,16 +73,19 @@ fn run_lab_mode(mode: &str, env: &[(&str, &str)]) -> serde_json::Value {
 
 #[test]
 fn one_worker_forwards_real_traffic_by_dsr() {
-    let s = run_lab(1, "0");
+    let s = run_lab(1, "0", "wait");
     assert!(s["fwd_rx"].as_u64().unwrap() >= 4 * 1000 * 2, "{s}");
     assert_eq!(s["fwd_rx"], s["router_to_vip"]);
+    let (waits, wakeups) = (&s["worker_waits_wakeups"][0][0], &s["worker_waits_wakeups"][0][1]);
+    assert!(waits.as_u64() > Some(0) && wakeups.as_u64() > Some(0), "{s}");
 }
 
 #[test]
 fn two_workers_on_two_queues_both_forward_and_agree() {
-    let s = run_lab(2, "0,1");
+    let s = run_lab(2, "0,1", "yield");
     let per_worker = s["worker_rx_frames"].as_array().unwrap();
     assert_eq!(per_worker.len(), 2, "{s}");
+    assert_eq!(s["worker_waits_wakeups"], serde_json::json!([[0, 0], [0, 0]]), "{s}");
 }
 
 #[test]

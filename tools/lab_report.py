@@ -5,6 +5,7 @@ Called by tools/lab with the run's work directory and measurements; prints the r
 WORK/summary.json, and exits 1 if any check failed.
 """
 import json
+import os
 import re
 import subprocess
 import sys
@@ -72,6 +73,16 @@ workers = [int(n) for n in re.findall(r"stopped; port: PortStats \{ rx_frames: (
 summary["worker_rx_frames"] = workers
 check(len(workers) == int(queues) and all(n > 0 for n in workers),
       "every one of the %s worker(s) forwarded traffic (frames received per worker: %s)" % (queues, workers))
+# How idle workers gave their core away (LAB_IDLE): sleeping in ppoll until frames came, or yielding.
+waits = [(int(w), int(k)) for w, k in re.findall(r"stopped; port: PortStats \{[^}]*waits: (\d+), wakeups: (\d+)",
+                                                 open(work + "/fwd.log").read())]
+summary["worker_waits_wakeups"] = waits
+if os.environ.get("LAB_IDLE", "wait") == "wait":
+    check(len(waits) == int(queues) and all(w > 0 and k > 0 for w, k in waits),
+          "every worker slept when idle and frames woke it (sleeps, wakeups per worker: %s)" % waits)
+else:
+    check(len(waits) == int(queues) and all(w == 0 for w, _ in waits),
+          "no worker slept: they yielded when idle (sleeps per worker: %s)" % [w for w, _ in waits])
 check(box_ping == "11", "the fwd box's own addresses still answer ping and TCP (IPv4 and IPv6) while fwd runs")
 check(status == "0", "fwd exited 0 on SIGTERM (exit status %s)" % status)
 check(xdp_left == "0", "no XDP program left on the interface after fwd exited")

@@ -90,6 +90,15 @@ pub struct Args {
     /// which otherwise waits for the scheduler to preempt the polling worker.
     #[arg(long)]
     pub idle_yield: bool,
+    /// After `--idle-wait-polls` empty polls in a row, sleep in `ppoll(2)` on the socket until
+    /// frames arrive, at most this many microseconds (1-10000; 0: never). It replaces the
+    /// `--idle-sleep-us` nap: an idle worker leaves its core free and wakes when frames come.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub idle_wait_us: u64,
+    /// Empty polls in a row before `--idle-wait-us` sleeps (1: after every empty poll, which
+    /// also frees the core between batches under load, for the latency a wakeup costs).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub idle_wait_polls: u32,
     /// Stop after this many seconds (for tests and demos; default: run until a signal).
     #[arg(long)]
     pub run_for: Option<f64>,
@@ -225,8 +234,12 @@ pub fn run(args: &Args) -> Result<()> {
         let shared = Arc::new(WorkerShared::new(core, queue, control.backend_capacity()));
         control.workers.push(shared.clone());
         let (snapshots, stop) = (control.snapshots.clone(), stop_workers.clone());
-        let idle =
-            IdlePolicy { sleep: Duration::from_micros(args.idle_sleep_us), yield_each: args.idle_yield };
+        let idle = IdlePolicy {
+            sleep: Duration::from_micros(args.idle_sleep_us),
+            yield_each: args.idle_yield,
+            wait: Duration::from_micros(args.idle_wait_us),
+            wait_after: args.idle_wait_polls,
+        };
         workers.push(
             std::thread::Builder::new()
                 .name(format!("fwd-worker-{core}"))

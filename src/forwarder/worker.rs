@@ -4,7 +4,7 @@
 
 use crate::forwarder::control::BatchTimesShared;
 use arc_swap::ArcSwap;
-use fwd_afxdp::{CpuPrefetch, KernelStats, Port};
+use fwd_afxdp::{CpuPrefetch, KernelStats, Port, Wait};
 use fwd_control::admin::SocketStats;
 use fwd_dataplane::counters::{SharedBackendCounters, SharedCounters};
 use fwd_dataplane::io::{PacketIo, MAX_BATCH};
@@ -106,6 +106,10 @@ pub struct IdlePolicy {
     pub sleep: Duration,
     /// Yield the core after every empty poll.
     pub yield_each: bool,
+    /// After `wait_after` empty polls in a row, sleep until frames arrive, at most this long
+    /// (zero: never); it replaces the nap.
+    pub wait: Duration,
+    pub wait_after: u32,
 }
 
 /// Empty polls in a row after which the worker counts as idle: it takes a census step, and naps
@@ -174,8 +178,17 @@ pub fn worker_loop(
             worker.note_empty_poll();
             empty_streak += 1;
             polls_since_clock += 1;
-            if idle.yield_each {
-                std::thread::yield_now();
+            let wait_now = !idle.wait.is_zero() && empty_streak >= idle.wait_after;
+            let waited = if wait_now { Some(port.wait_for_frames(idle.wait)) } else { None };
+            match waited {
+                Some(Wait::Frames) => {}
+                // A whole timeout of idleness: look at the clock (stop flag, heartbeat) now
+                // rather than after CLOCK_EVERY more of them.
+                Some(Wait::TimedOut) => polls_since_clock = CLOCK_EVERY,
+                // Transmit work kept it from sleeping: give the core away as `--idle-yield` does.
+                Some(Wait::TxPending) => std::thread::yield_now(),
+                None if idle.yield_each => std::thread::yield_now(),
+                None => {}
             }
         }
         let idle_point = batch_end.is_none() && empty_streak.is_multiple_of(IDLE_POLLS);
@@ -215,7 +228,7 @@ pub fn worker_loop(
                 h.reset();
             }
         }
-        if idle_point && !idle.sleep.is_zero() {
+        if idle_point && !idle.sleep.is_zero() && idle.wait.is_zero() {
             std::thread::sleep(idle.sleep);
         }
     }

@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use fwd_afxdp::{AttachMode, BindMode, Port, PortConfig, XdpProgram};
+use fwd_afxdp::{AttachMode, BindMode, Port, PortConfig, Wait, XdpProgram};
 use fwd_dataplane::io::{PacketIo, Verdict, MAX_BATCH};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +70,13 @@ struct Args {
     /// Yield the core after every empty poll (fwd's `--idle-yield`).
     #[arg(long)]
     idle_yield: bool,
+    /// After `--idle-wait-polls` empty polls in a row, sleep in ppoll(2) until frames arrive, at
+    /// most this many microseconds (fwd's `--idle-wait-us`; 0: never; replaces the nap).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    idle_wait_us: u64,
+    /// Empty polls in a row before `--idle-wait-us` sleeps (fwd's `--idle-wait-polls`).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    idle_wait_polls: u32,
 }
 
 fn main() -> Result<()> {
@@ -128,14 +135,23 @@ fn main() -> Result<()> {
     let mut polls_since_clock = 0u32;
     let mut empty_streak = 0u32;
     let idle_sleep = Duration::from_micros(args.idle_sleep_us);
+    let idle_wait = Duration::from_micros(args.idle_wait_us);
     loop {
         if port.poll(args.batch, &mut swap) == 0 {
             empty_polls += 1;
             empty_streak += 1;
-            if args.idle_yield {
-                std::thread::yield_now();
+            // As fwd's worker: a wait that timed out looks at the clock at once; one kept from
+            // sleeping by transmit work yields instead.
+            let wait_now = !idle_wait.is_zero() && empty_streak >= args.idle_wait_polls;
+            let waited = if wait_now { Some(port.wait_for_frames(idle_wait)) } else { None };
+            match waited {
+                Some(Wait::Frames) => {}
+                Some(Wait::TimedOut) => polls_since_clock = 1024,
+                Some(Wait::TxPending) => std::thread::yield_now(),
+                None if args.idle_yield => std::thread::yield_now(),
+                None => {}
             }
-            if empty_streak.is_multiple_of(1024) && !idle_sleep.is_zero() {
+            if empty_streak.is_multiple_of(1024) && !idle_sleep.is_zero() && idle_wait.is_zero() {
                 std::thread::sleep(idle_sleep);
             }
         } else {
@@ -157,10 +173,12 @@ fn main() -> Result<()> {
     let mpps = stats.tx_frames as f64 / elapsed / 1e6;
     eprintln!(
         "bounce: rx {} tx {} frames in {elapsed:.2} s: {mpps:.3} Mpps; polls busy {busy_polls} empty {empty_polls}; \
-         tx kicks {}; xdp redirected {} passed {}; kernel rx_dropped {} rx_ring_full {} fill_empty {}",
+         tx kicks {}; waits {} woken {}; xdp redirected {} passed {}; kernel rx_dropped {} rx_ring_full {} fill_empty {}",
         stats.rx_frames,
         stats.tx_frames,
         stats.tx_kicks,
+        stats.waits,
+        stats.wakeups,
         xdp.redirected,
         xdp.passed,
         kernel.rx_dropped,

@@ -46,7 +46,7 @@ pub mod testnet;
 pub use hugealloc::HugePageAlloc;
 pub use memory::advise_huge_pages;
 pub use packet::{PacketConfig, PacketError, PacketSocket, PacketStats};
-pub use port::{BindMode, BoundMode, KernelStats, Port, PortConfig, PortError, PortStats};
+pub use port::{BindMode, BoundMode, KernelStats, Port, PortConfig, PortError, PortStats, Wait};
 pub use prefetch::CpuPrefetch;
 pub use program::{
     AttachMode, AttachReport, AttachedMode, Capture, ProgramError, RemovedProgram, VipSync, XdpCounters,

@@ -38,6 +38,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
 use std::ptr::NonNull;
+use std::time::Duration;
 
 /// Smallest and largest UMEM, in frames.
 pub const MIN_FRAMES: u32 = 2 * MAX_BATCH as u32;
@@ -176,6 +177,10 @@ pub struct PortStats {
     pub tx_kick_errors: u64,
     /// `recvfrom()` kicks of the fill ring when the kernel asked for one.
     pub fill_kicks: u64,
+    /// [`Port::wait_for_frames`] sleeps, and how many of them ended with frames waiting (the
+    /// rest timed out or were interrupted).
+    pub waits: u64,
+    pub wakeups: u64,
 }
 
 /// The kernel's own counters for the socket (`getsockopt(XDP_STATISTICS)`).
@@ -382,6 +387,17 @@ struct Span {
     chunk: u64,
     start: u32,
     len: u32,
+}
+
+/// How [`Port::wait_for_frames`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wait {
+    /// Frames are waiting on the RX ring.
+    Frames,
+    /// The timeout passed (or a signal came) with the RX ring still empty.
+    TimedOut,
+    /// It did not sleep: transmitted frames wait on the TX ring, and it kicked the kernel.
+    TxPending,
 }
 
 /// One AF_XDP socket bound to one queue of one interface, with its own UMEM.
@@ -889,6 +905,37 @@ impl Port {
             if !matches!(errno, Some(libc::EAGAIN) | Some(libc::EBUSY) | Some(libc::ENOBUFS)) {
                 self.stats.tx_kick_errors += 1;
             }
+        }
+    }
+
+    /// Sleeps in `ppoll(2)` until the RX ring has frames or `timeout` passes. For a poller that
+    /// shares its core with the interface's receive side (veth's NAPI thread, copy mode): while
+    /// it sleeps the core is the receive side's, and the socket's wakeup (the kernel's flush of
+    /// the RX ring) hands it back with a batch waiting, where a `sched_yield` loop gives the core
+    /// away only when the scheduler agrees. It does not sleep while transmitted frames still wait
+    /// on the TX ring (the kernel sends them only when kicked, and a sleeping poller kicks
+    /// nothing): it kicks and says so.
+    pub fn wait_for_frames(&mut self, timeout: Duration) -> Wait {
+        if self.tx_in_flight > 0 && self.tx_ring_pending() {
+            self.kick_tx();
+            return Wait::TxPending;
+        }
+        let mut pollfd = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
+        let timeout = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: timeout.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: one pollfd on the stack for our own live socket, a timespec on the stack, and no
+        // signal mask (null keeps the thread's own); ppoll writes only `pollfd.revents`.
+        let rc = unsafe { libc::ppoll(&mut pollfd, 1, &timeout, std::ptr::null()) };
+        self.stats.waits += 1;
+        if rc > 0 && pollfd.revents & libc::POLLIN != 0 {
+            self.stats.wakeups += 1;
+            Wait::Frames
+        } else {
+            // A timeout, or an error (EINTR from a signal included): the caller polls again
+            // either way.
+            Wait::TimedOut
         }
     }
 
@@ -1469,6 +1516,46 @@ mod tests {
         // Every batch after the first starts with the frames shown ahead of it.
         assert_eq!(shown_total, BURST - 8, "frames shown ahead");
         assert_eq!(matched, BURST - 8, "frames of a batch that had been shown ahead");
+    }
+
+    /// `wait_for_frames` sleeps out its timeout on an empty ring, and a datagram to the VIP wakes
+    /// it long before a 20 s timeout, with the frame on the ring for the next poll.
+    #[test]
+    fn waiting_for_frames_sleeps_until_one_arrives_or_the_timeout_passes() {
+        let net = NetnsPair::new();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let net = &net;
+        let (empty_wait, woken, woken_after, received, stats) = std::thread::scope(|scope| {
+            let side = scope.spawn(move || {
+                net.a.enter();
+                let (_program, mut port) = port_steering_vip_v4();
+                let start = Instant::now();
+                let empty = port.wait_for_frames(Duration::from_millis(100));
+                let empty_wait = (empty, start.elapsed());
+                ready_tx.send(()).unwrap();
+                let start = Instant::now();
+                let woken = port.wait_for_frames(Duration::from_secs(20));
+                let woken_after = start.elapsed();
+                let received = port.poll(MAX_BATCH, &mut |_, _| {});
+                (empty_wait, woken, woken_after, received, port.stats())
+            });
+            ready_rx.recv_timeout(Duration::from_secs(30)).expect("the port did not start");
+            net.b.run(|| {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                socket.send_to(b"wake up", (VIP_V4.parse::<IpAddr>().unwrap(), ECHO_PORT)).unwrap();
+            });
+            side.join().expect("port thread")
+        });
+        assert_eq!(empty_wait.0, Wait::TimedOut, "nothing was sent yet");
+        assert!(
+            empty_wait.1 >= Duration::from_millis(90),
+            "the empty wait returned after {:?}",
+            empty_wait.1
+        );
+        assert_eq!(woken, Wait::Frames, "the datagram did not end the wait (after {woken_after:?})");
+        assert!(woken_after < Duration::from_secs(10), "woken after {woken_after:?}");
+        assert_eq!(received, 1);
+        assert_eq!((stats.waits, stats.wakeups), (2, 1), "{stats:?}");
     }
 
     /// The bounce test proper; returns what the bounce side saw for setup-specific checks.

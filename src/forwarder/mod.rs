@@ -16,7 +16,7 @@ mod worker;
 use crate::netinfo;
 use anyhow::{bail, Context, Result};
 use control::Control;
-use fwd_afxdp::{AttachMode, BindMode, Port, PortConfig, XdpProgram};
+use fwd_afxdp::{AttachMode, BindMode, IdleWait, Port, PortConfig, XdpProgram};
 use fwd_control::admin::{next_call, AdminCall, AdminServer, SocketStats};
 use fwd_control::config::{load_config, parse_cores, Config, XdpMode};
 use fwd_control::metrics::MetricsServer;
@@ -236,9 +236,11 @@ pub fn run(args: &Args) -> Result<()> {
         let (snapshots, stop) = (control.snapshots.clone(), stop_workers.clone());
         let idle = IdlePolicy {
             sleep: Duration::from_micros(args.idle_sleep_us),
-            yield_each: args.idle_yield,
-            wait: Duration::from_micros(args.idle_wait_us),
-            wait_after: args.idle_wait_polls,
+            each_empty_poll: IdleWait {
+                yield_each: args.idle_yield,
+                wait: Duration::from_micros(args.idle_wait_us),
+                wait_after: u64::from(args.idle_wait_polls),
+            },
         };
         workers.push(
             std::thread::Builder::new()

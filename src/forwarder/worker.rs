@@ -4,7 +4,7 @@
 
 use crate::forwarder::control::BatchTimesShared;
 use arc_swap::ArcSwap;
-use fwd_afxdp::{CpuPrefetch, KernelStats, Port, Wait};
+use fwd_afxdp::{CpuPrefetch, IdleWait, KernelStats, Port};
 use fwd_control::admin::SocketStats;
 use fwd_dataplane::counters::{SharedBackendCounters, SharedCounters};
 use fwd_dataplane::io::{PacketIo, MAX_BATCH};
@@ -97,24 +97,20 @@ pub struct WorkerExit {
 
 /// Connection-table buckets counted per census step (8 entries each).
 const CENSUS_BUCKETS: usize = 64;
-/// What an idle worker gives up of its core. Busy polling alone (the default) suits a worker with
-/// a core of its own; where the interface's receive side runs on the worker's core (threaded NAPI
-/// on veth, copy mode), the worker must let it run as soon as frames arrive.
+/// What an idle worker gives up of its core.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct IdlePolicy {
-    /// Nap this long after IDLE_POLLS empty polls in a row (zero: never).
+    /// Nap this long after IDLE_POLLS empty polls in a row (zero: never). A policy that sleeps
+    /// until frames arrive replaces it.
     pub sleep: Duration,
-    /// Yield the core after every empty poll.
-    pub yield_each: bool,
-    /// After `wait_after` empty polls in a row, sleep until frames arrive, at most this long
-    /// (zero: never); it replaces the nap.
-    pub wait: Duration,
-    pub wait_after: u32,
+    /// After each empty poll: yield, or sleep until frames arrive (the ceiling, `bounce`, decides
+    /// it with the same code).
+    pub each_empty_poll: IdleWait,
 }
 
 /// Empty polls in a row after which the worker counts as idle: it takes a census step, and naps
 /// if the idle policy says so.
-const IDLE_POLLS: u32 = 1024;
+const IDLE_POLLS: u64 = 1024;
 /// Empty polls in a row between two looks at the clock (heartbeat, stop flag, housekeeping).
 const CLOCK_EVERY: u32 = 64;
 /// How often per-backend figures are published.
@@ -144,7 +140,8 @@ pub fn worker_loop(
     // never allocates (saturating_record clamps outliers instead of resizing).
     let mut batch_ns = Histogram::<u64>::new_with_bounds(1, 10_000_000, 2).ok();
     let start = Instant::now();
-    let mut empty_streak = 0u32;
+    // u64: a worker idle for years at millions of polls a second does not wrap it.
+    let mut empty_streak = 0u64;
     let mut polls_since_clock = 0u32;
     let mut last_publish_ms = 0u64;
     let mut last_census_ms = u64::MAX;
@@ -178,17 +175,10 @@ pub fn worker_loop(
             worker.note_empty_poll();
             empty_streak += 1;
             polls_since_clock += 1;
-            let wait_now = !idle.wait.is_zero() && empty_streak >= idle.wait_after;
-            let waited = if wait_now { Some(port.wait_for_frames(idle.wait)) } else { None };
-            match waited {
-                Some(Wait::Frames) => {}
+            if idle.each_empty_poll.after_empty_poll(&mut port, empty_streak) {
                 // A whole timeout of idleness: look at the clock (stop flag, heartbeat) now
                 // rather than after CLOCK_EVERY more of them.
-                Some(Wait::TimedOut) => polls_since_clock = CLOCK_EVERY,
-                // Transmit work kept it from sleeping: give the core away as `--idle-yield` does.
-                Some(Wait::TxPending) => std::thread::yield_now(),
-                None if idle.yield_each => std::thread::yield_now(),
-                None => {}
+                polls_since_clock = CLOCK_EVERY;
             }
         }
         let idle_point = batch_end.is_none() && empty_streak.is_multiple_of(IDLE_POLLS);
@@ -228,7 +218,7 @@ pub fn worker_loop(
                 h.reset();
             }
         }
-        if idle_point && !idle.sleep.is_zero() && idle.wait.is_zero() {
+        if idle_point && !idle.sleep.is_zero() && !idle.each_empty_poll.sleeps() {
             std::thread::sleep(idle.sleep);
         }
     }

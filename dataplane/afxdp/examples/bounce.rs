@@ -11,7 +11,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, ValueEnum};
-use fwd_afxdp::{AttachMode, BindMode, Port, PortConfig, Wait, XdpProgram};
+use fwd_afxdp::{AttachMode, BindMode, IdleWait, Port, PortConfig, XdpProgram};
 use fwd_dataplane::io::{PacketIo, Verdict, MAX_BATCH};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -133,25 +133,22 @@ fn main() -> Result<()> {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.seconds);
     let mut polls_since_clock = 0u32;
-    let mut empty_streak = 0u32;
+    let mut empty_streak = 0u64;
     let idle_sleep = Duration::from_micros(args.idle_sleep_us);
-    let idle_wait = Duration::from_micros(args.idle_wait_us);
+    let each_empty_poll = IdleWait {
+        yield_each: args.idle_yield,
+        wait: Duration::from_micros(args.idle_wait_us),
+        wait_after: u64::from(args.idle_wait_polls),
+    };
     loop {
         if port.poll(args.batch, &mut swap) == 0 {
             empty_polls += 1;
             empty_streak += 1;
-            // As fwd's worker: a wait that timed out looks at the clock at once; one kept from
-            // sleeping by transmit work yields instead.
-            let wait_now = !idle_wait.is_zero() && empty_streak >= args.idle_wait_polls;
-            let waited = if wait_now { Some(port.wait_for_frames(idle_wait)) } else { None };
-            match waited {
-                Some(Wait::Frames) => {}
-                Some(Wait::TimedOut) => polls_since_clock = 1024,
-                Some(Wait::TxPending) => std::thread::yield_now(),
-                None if args.idle_yield => std::thread::yield_now(),
-                None => {}
+            // As fwd's worker: a wait that timed out looks at the clock at once.
+            if each_empty_poll.after_empty_poll(&mut port, empty_streak) {
+                polls_since_clock = 1024;
             }
-            if empty_streak.is_multiple_of(1024) && !idle_sleep.is_zero() && idle_wait.is_zero() {
+            if empty_streak.is_multiple_of(1024) && !idle_sleep.is_zero() && !each_empty_poll.sleeps() {
                 std::thread::sleep(idle_sleep);
             }
         } else {

@@ -34,6 +34,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod hugealloc;
+pub mod idle;
 pub mod memory;
 pub mod packet;
 pub mod port;
@@ -44,6 +45,7 @@ mod sys;
 pub mod testnet;
 
 pub use hugealloc::HugePageAlloc;
+pub use idle::IdleWait;
 pub use memory::advise_huge_pages;
 pub use packet::{PacketConfig, PacketError, PacketSocket, PacketStats};
 pub use port::{BindMode, BoundMode, KernelStats, Port, PortConfig, PortError, PortStats, Wait};

@@ -396,7 +396,8 @@ pub enum Wait {
     Frames,
     /// The timeout passed (or a signal came) with the RX ring still empty.
     TimedOut,
-    /// It did not sleep: transmitted frames wait on the TX ring, and it kicked the kernel.
+    /// It did not sleep: transmitted frames wait on the TX ring for a kick (the empty poll
+    /// before it kicked them; the next one kicks what is left).
     TxPending,
 }
 
@@ -914,10 +915,10 @@ impl Port {
     /// the RX ring) hands it back with a batch waiting, where a `sched_yield` loop gives the core
     /// away only when the scheduler agrees. It does not sleep while transmitted frames still wait
     /// on the TX ring (the kernel sends them only when kicked, and a sleeping poller kicks
-    /// nothing): it kicks and says so.
+    /// nothing): it says so, and leaves the kick to polling (an empty poll kicks pending frames,
+    /// and it has just done so when this is called after one).
     pub fn wait_for_frames(&mut self, timeout: Duration) -> Wait {
         if self.tx_in_flight > 0 && self.tx_ring_pending() {
-            self.kick_tx();
             return Wait::TxPending;
         }
         let mut pollfd = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
@@ -1247,7 +1248,7 @@ unsafe fn tx_slot(ring: *mut xdp::xsk_ring_prod, idx: u32) -> *mut xdp::xdp_desc
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::testnet::{self, Netns, NetnsPair, A_V4, A_V6, IFACE, VIP_V4, VIP_V6};
     use crate::{AttachMode, XdpProgram};
@@ -1453,7 +1454,7 @@ mod tests {
 
     /// Our XDP program on IFACE (in the current namespace) steering VIP_V4 to a 256-frame port.
     /// The program is returned to keep it attached while the port is used.
-    fn port_steering_vip_v4() -> (XdpProgram, Port) {
+    pub(crate) fn port_steering_vip_v4() -> (XdpProgram, Port) {
         let mut program = XdpProgram::load().unwrap();
         program.attach(IFACE, AttachMode::Auto).unwrap();
         let config = PortConfig { frame_count: 256, ..PortConfig::default() };

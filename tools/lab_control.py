@@ -800,6 +800,20 @@ def scenario_metrics():
     S.measure("socket_events", socket)
     S.check(socket and set(socket) == set(quantiles) and all(set(e) == SOCKET_EVENTS for e in socket.values()),
             "fwd_worker_socket_events_total: the socket's six kernel counters per core (%s)" % sorted(socket))
+    samples = {l.get("core"): v for l, v in m.of("fwd_worker_umem_samples_total")}
+    umem = {}
+    for l, v in m.of("fwd_worker_umem_frames_sampled_total"):
+        umem.setdefault(l.get("core"), {})[l.get("place")] = v
+    means = {c: {p: round(v / samples[c]) for p, v in places.items()} for c, places in umem.items()
+             if samples.get(c)}
+    S.measure("umem_mean_frames", means)
+    # Light load: the frames wait on the fill ring; the three places never hold more than the
+    # UMEM (fwd's default 4096 frames).
+    S.check(set(samples) == set(quantiles) and all(v > 0 for v in samples.values())
+            and set(means) == set(samples)
+            and all(set(p) == {"fill_ring", "rx_ring", "transmit"} and sum(p.values()) <= 4096
+                    and p["fill_ring"] >= 2048 for p in means.values()),
+            "fwd_worker_umem_*: sampled per core, mean frames per place within the UMEM, mostly free (%s)" % means)
     reloads = {l.get("result"): v for l, v in m.of("fwd_config_reloads_total")}
     S.measure("config_reloads_total", reloads)
     S.check(set(reloads) == {"success", "failure"}, "fwd_config_reloads_total by result (%s)" % reloads)

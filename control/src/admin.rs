@@ -170,10 +170,12 @@ pub struct WorkerStats {
 /// worker every 100 ms.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SocketStats {
-    /// Received frames the kernel could not deliver, above all frames longer than a UMEM frame
+    /// Received frames the kernel could not deliver: no free UMEM frame to receive into (the
+    /// worker did not keep up; also counted in `rx_fill_ring_empty`), or longer than a UMEM frame
     /// holds (the interface MTU against fwd's `--frame-size`).
     pub rx_dropped: u64,
-    /// Received frames dropped because the RX ring was full: the worker did not keep up.
+    /// Received frames dropped because the RX ring was full. Stays 0 with fwd's rings, which are
+    /// as large as the UMEM: the fill ring runs empty first.
     pub rx_ring_full: u64,
     /// Times a frame arrived and the fill ring held no free UMEM frame for it.
     pub rx_fill_ring_empty: u64,

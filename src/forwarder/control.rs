@@ -758,6 +758,24 @@ impl Control {
                     value,
                 );
             }
+            let (samples, places) = w.umem.read();
+            e.counter(
+                "fwd_worker_umem_samples_total",
+                "Samples of where the worker's UMEM frames are (one per 16 batches).",
+                &l,
+                samples,
+            );
+            for (place, frames) in places {
+                e.counter(
+                    "fwd_worker_umem_frames_sampled_total",
+                    "UMEM frames found in each place, summed over the samples: on the fill ring (free \
+                     to receive into), on the RX ring (received, not yet polled: the worker is behind), \
+                     in transmit (the next hop is slow to take them). Divide its rate by the samples' rate \
+                     for the mean.",
+                    &[("core", core.as_str()), ("place", place)],
+                    frames,
+                );
+            }
             let t = w.batch_times.read();
             let help =
                 "Processing time of one batch: quantiles over the last second, sum and count since start.";

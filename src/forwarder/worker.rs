@@ -29,6 +29,33 @@ pub struct WorkerShared {
     pub heartbeat_ms: AtomicU64,
     /// The kernel's counters for the worker's socket, as last read.
     pub socket: SharedSocketStats,
+    /// Where the socket's UMEM frames were, as sampled by its port (totals since start).
+    pub umem: SharedUmemOccupancy,
+}
+
+/// The port's samples of where its UMEM frames are ([`fwd_afxdp::PortStats::occupancy_samples`]):
+/// the number of samples and the frames summed over them on the fill ring, on the RX ring, and in
+/// transmit. A rate of a sum over the rate of the samples is the mean number of frames there.
+#[derive(Debug, Default)]
+pub struct SharedUmemOccupancy([AtomicU64; 4]);
+
+impl SharedUmemOccupancy {
+    /// Names of the places, as the metrics label them, in the order of the sums.
+    pub const PLACES: [&'static str; 3] = ["fill_ring", "rx_ring", "transmit"];
+
+    fn publish(&self, s: &fwd_afxdp::PortStats) {
+        let values = [s.occupancy_samples, s.fill_level_sum, s.rx_backlog_sum, s.tx_in_flight_sum];
+        for (slot, value) in self.0.iter().zip(values) {
+            slot.store(value, Ordering::Relaxed);
+        }
+    }
+
+    /// The samples, and each place with its summed frames.
+    pub fn read(&self) -> (u64, [(&'static str, u64); 3]) {
+        let [samples, fill, rx, transmit] = self.0.each_ref().map(|a| a.load(Ordering::Relaxed));
+        let [p_fill, p_rx, p_transmit] = Self::PLACES;
+        (samples, [(p_fill, fill), (p_rx, rx), (p_transmit, transmit)])
+    }
 }
 
 /// [`SocketStats`] as atomics: the worker stores, control loads.
@@ -76,6 +103,7 @@ impl WorkerShared {
             active_flows: AtomicU64::new(0),
             heartbeat_ms: AtomicU64::new(0),
             socket: SharedSocketStats::default(),
+            umem: SharedUmemOccupancy::default(),
         }
     }
 }
@@ -210,6 +238,7 @@ pub fn worker_loop(
             if let Ok(k) = port.kernel_stats() {
                 shared.socket.publish(&k);
             }
+            shared.umem.publish(&port.stats());
         }
         if now_ms.wrapping_sub(last_times_ms) >= BATCH_TIMES_EVERY_MS {
             last_times_ms = now_ms;
@@ -227,6 +256,7 @@ pub fn worker_loop(
     if let Ok(k) = port.kernel_stats() {
         shared.socket.publish(&k);
     }
+    shared.umem.publish(&port.stats());
     let (pipeline_p50, pipeline_batches) =
         pipeline_ns.map_or((0, 0), |h| (if h.is_empty() { 0 } else { h.value_at_quantile(0.5) }, h.len()));
     WorkerExit {

@@ -168,14 +168,20 @@ fn main() -> Result<()> {
     let kernel = port.kernel_stats().context("reading the socket's kernel counters")?;
     let xdp = program.counters()?;
     let mpps = stats.tx_frames as f64 / elapsed / 1e6;
+    let mean = |sum: u64| sum as f64 / stats.occupancy_samples.max(1) as f64;
     eprintln!(
         "bounce: rx {} tx {} frames in {elapsed:.2} s: {mpps:.3} Mpps; polls busy {busy_polls} empty {empty_polls}; \
-         tx kicks {}; waits {} woken {}; xdp redirected {} passed {}; kernel rx_dropped {} rx_ring_full {} fill_empty {}",
+         tx kicks {}; waits {} woken {}; frames on fill / rx / in transmit {:.0} / {:.0} / {:.0} (mean of {} samples); \
+         xdp redirected {} passed {}; kernel rx_dropped {} rx_ring_full {} fill_empty {}",
         stats.rx_frames,
         stats.tx_frames,
         stats.tx_kicks,
         stats.waits,
         stats.wakeups,
+        mean(stats.fill_level_sum),
+        mean(stats.rx_backlog_sum),
+        mean(stats.tx_in_flight_sum),
+        stats.occupancy_samples,
         xdp.redirected,
         xdp.passed,
         kernel.rx_dropped,
@@ -197,6 +203,9 @@ fn main() -> Result<()> {
         "tx_kicks": stats.tx_kicks,
         "tx_kick_errors": stats.tx_kick_errors,
         "fill_kicks": stats.fill_kicks,
+        "mean_fill_level": mean(stats.fill_level_sum),
+        "mean_rx_backlog": mean(stats.rx_backlog_sum),
+        "mean_tx_in_flight": mean(stats.tx_in_flight_sum),
         "xdp_redirected": xdp.redirected,
         "xdp_passed": xdp.passed,
         "xdp_vip_without_socket": xdp.vip_without_socket,

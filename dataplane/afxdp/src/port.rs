@@ -181,7 +181,22 @@ pub struct PortStats {
     /// rest timed out or were interrupted).
     pub waits: u64,
     pub wakeups: u64,
+    /// Where the UMEM's frames were, sampled once per [`OCCUPANCY_EVERY`] batches: the number of
+    /// samples and, summed over them, the frames on the fill ring (waiting for the kernel to
+    /// receive into), on the RX ring (received by the kernel, not yet by the poller), and given
+    /// to the kernel to transmit and not completed yet. Their means say where frames pile up
+    /// under overload: every ring is as large as the UMEM, so the fill ring runs empty before
+    /// the RX ring fills, and the kernel counts every overload drop as `rx_fill_ring_empty`
+    /// wherever the frames are.
+    pub occupancy_samples: u64,
+    pub fill_level_sum: u64,
+    pub rx_backlog_sum: u64,
+    pub tx_in_flight_sum: u64,
 }
+
+/// Batches between two samples of where the UMEM's frames are ([`PortStats::occupancy_samples`]):
+/// a sample reads two indices the kernel writes (cache lines another core owns), so not per batch.
+pub const OCCUPANCY_EVERY: u32 = 16;
 
 /// The kernel's own counters for the socket (`getsockopt(XDP_STATISTICS)`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -423,6 +438,8 @@ pub struct Port {
     /// the one most likely still in the cache. Allocated once, at its full size.
     tx_free: Vec<u64>,
     tx_budget: Option<u32>,
+    /// Batches left before the next occupancy sample.
+    batches_to_sample: u32,
     stats: PortStats,
 }
 
@@ -613,6 +630,7 @@ impl Port {
                 .map(|frame| u64::from(frame) * u64::from(config.frame_size))
                 .collect(),
             tx_budget: None,
+            batches_to_sample: 0,
             stats: PortStats::default(),
         };
         if mode == BoundMode::Copy {
@@ -952,6 +970,31 @@ impl Port {
         }
     }
 
+    /// Counts where the UMEM's frames are, once per OCCUPANCY_EVERY batches (after a batch was
+    /// taken off the RX ring).
+    #[inline]
+    fn sample_occupancy(&mut self) {
+        if self.batches_to_sample > 0 {
+            self.batches_to_sample -= 1;
+            return;
+        }
+        self.batches_to_sample = OCCUPANCY_EVERY - 1;
+        let (rx, fill) = (self.socket.rx.ptr(), self.umem.fill.ptr());
+        // SAFETY: both rings are live; `producer` of the RX ring and `consumer` of the fill ring
+        // point into their mapped ring headers, which the kernel updates as plain u32s (a stale
+        // value only makes the sample a little old). This side's own indices are its cached ones.
+        let (rx_backlog, fill_level) = unsafe {
+            (
+                std::ptr::read_volatile((*rx).producer).wrapping_sub((*rx).cached_cons),
+                (*fill).cached_prod.wrapping_sub(std::ptr::read_volatile((*fill).consumer)),
+            )
+        };
+        self.stats.occupancy_samples += 1;
+        self.stats.fill_level_sum += u64::from(fill_level.min(self.frame_count));
+        self.stats.rx_backlog_sum += u64::from(rx_backlog.min(self.frame_count));
+        self.stats.tx_in_flight_sum += u64::from(self.tx_in_flight);
+    }
+
     /// Nothing was received: give the kernel the kicks it may be waiting for.
     #[cold]
     fn idle(&mut self) {
@@ -1136,6 +1179,7 @@ impl PacketIo for Port {
             self.idle();
             return 0;
         }
+        self.sample_occupancy();
 
         // While this batch is processed, the next one's frames come in from memory.
         let mut waiting: ArrayVec<Span, MAX_BATCH> = ArrayVec::new();
@@ -1474,7 +1518,7 @@ pub(crate) mod tests {
         let (ready_tx, ready_rx) = mpsc::channel();
         let (sent_tx, sent_rx) = mpsc::channel::<()>();
         let net = &net;
-        let (received, matched, shown_total) = std::thread::scope(|scope| {
+        let (received, matched, shown_total, stats) = std::thread::scope(|scope| {
             let side = scope.spawn(move || {
                 net.a.enter();
                 let (_program, mut port) = port_steering_vip_v4();
@@ -1496,7 +1540,7 @@ pub(crate) mod tests {
                         shown_total += shown.len();
                     });
                 }
-                (received, matched, shown_total)
+                (received, matched, shown_total, port.stats())
             });
             ready_rx.recv_timeout(Duration::from_secs(30)).expect("the port did not start");
             net.b.run(|| {
@@ -1517,6 +1561,12 @@ pub(crate) mod tests {
         // Every batch after the first starts with the frames shown ahead of it.
         assert_eq!(shown_total, BURST - 8, "frames shown ahead");
         assert_eq!(matched, BURST - 8, "frames of a batch that had been shown ahead");
+        // Where the 256 frames were when the first batch came off the ring (the only sample in
+        // 15 batches): 8 in the batch, the rest of the burst on the RX ring, the others on the
+        // fill ring, none in transmit (nothing was sent).
+        let occupancy = (stats.occupancy_samples, stats.fill_level_sum, stats.rx_backlog_sum);
+        assert_eq!(occupancy, (1, 256 - BURST as u64, BURST as u64 - 8), "{stats:?}");
+        assert_eq!(stats.tx_in_flight_sum, 0, "{stats:?}");
     }
 
     /// `wait_for_frames` sleeps out its timeout on an empty ring, and a datagram to the VIP wakes
@@ -1588,6 +1638,14 @@ pub(crate) mod tests {
         assert!(s.rx_frames >= u64::from(2 * DATAGRAMS), "{s:?}");
         assert_eq!(s.tx_frames + s.drop_recycled, s.rx_frames, "{s:?}");
         assert_eq!((s.bad_rx_descs, s.lost_frames, s.tx_ring_full, s.tx_kick_errors), (0, 0, 0, 0), "{s:?}");
+        // At this light load the frames sit on the fill ring; the three places never hold more
+        // than the UMEM's 256 frames in one sample.
+        assert!(s.occupancy_samples >= 1, "{s:?}");
+        assert!(
+            s.fill_level_sum + s.rx_backlog_sum + s.tx_in_flight_sum <= 256 * s.occupancy_samples,
+            "{s:?}"
+        );
+        assert!(s.fill_level_sum >= 128 * s.occupancy_samples, "{s:?}");
         let c = run.counters;
         assert_eq!(c.redirected, s.rx_frames, "{c:?} {s:?}");
         assert!(c.passed > 0, "ARP, ND and ping went to the kernel: {c:?}");

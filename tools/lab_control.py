@@ -848,6 +848,10 @@ def scenario_metrics():
                             for w in workers if w["tx_packets"] > 0),
             "`fwd stats --json`: each worker's socket counters, read from the kernel (%s)"
             % [w.get("socket") for w in workers])
+    S.check(workers and all(w["umem"]["samples"] > 0 and w["umem"]["fill_ring"] > 0
+                            for w in workers if w["tx_packets"] > 0),
+            "`fwd stats --json`: each worker's samples of where its UMEM frames were (%s)"
+            % [w.get("umem") for w in workers])
 
 
 SOCKET_EVENTS = {"rx_dropped", "rx_ring_full", "rx_fill_ring_empty", "rx_invalid_descs", "tx_invalid_descs",

@@ -164,6 +164,37 @@ pub struct WorkerStats {
     /// pipeline saw them (so no drop reason above counts them).
     #[serde(default)]
     pub socket: SocketStats,
+    /// Where the socket's UMEM frames were, as its port sampled them.
+    #[serde(default)]
+    pub umem: UmemOccupancy,
+}
+
+/// Where a worker's UMEM frames were, as its port sampled them (once per 16 batches): the number
+/// of samples and the frames summed over them in each place. Totals since start, like counters:
+/// the difference of two reports' sums over the difference of their samples is the mean between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UmemOccupancy {
+    pub samples: u64,
+    /// Free frames, on the fill ring for the kernel to receive into.
+    pub fill_ring: u64,
+    /// Received frames on the RX ring, not yet polled: many means the worker is behind.
+    pub rx_ring: u64,
+    /// Frames given to the kernel to transmit and not completed: many means the way out is slow.
+    pub transmit: u64,
+}
+
+impl UmemOccupancy {
+    /// Each place with its summed frames, as the metrics label them.
+    pub fn named(&self) -> [(&'static str, u64); 3] {
+        [("fill_ring", self.fill_ring), ("rx_ring", self.rx_ring), ("transmit", self.transmit)]
+    }
+
+    /// Mean frames on the fill ring, on the RX ring and in transmit; None before any sample.
+    pub fn means(&self) -> Option<[f64; 3]> {
+        let n = self.samples as f64;
+        (self.samples > 0)
+            .then(|| [self.fill_ring as f64 / n, self.rx_ring as f64 / n, self.transmit as f64 / n])
+    }
 }
 
 /// The kernel's counters for one AF_XDP socket (`getsockopt(XDP_STATISTICS)`), read by its
@@ -407,8 +438,15 @@ mod tests {
     fn worker_stats_without_socket_counters_read_as_zero() {
         let mut value = serde_json::to_value(WorkerStats { core: 3, ..WorkerStats::default() }).unwrap();
         assert!(value.as_object_mut().unwrap().remove("socket").is_some());
+        assert!(value.as_object_mut().unwrap().remove("umem").is_some());
         let read: WorkerStats = serde_json::from_value(value).unwrap();
-        assert_eq!((read.core, read.socket), (3, SocketStats::default()));
+        assert_eq!(
+            (read.core, read.socket, read.umem),
+            (3, SocketStats::default(), UmemOccupancy::default())
+        );
+        let umem = UmemOccupancy { samples: 4, fill_ring: 400, rx_ring: 40, transmit: 0 };
+        assert_eq!(umem.means(), Some([100.0, 10.0, 0.0]));
+        assert_eq!(UmemOccupancy::default().means(), None);
         let named = SocketStats { rx_ring_full: 7, tx_ring_empty: 2, ..SocketStats::default() }.named();
         assert_eq!(named.iter().map(|(_, v)| v).sum::<u64>(), 9);
         assert!(named.contains(&("rx_ring_full", 7)) && named.contains(&("tx_ring_empty", 2)));

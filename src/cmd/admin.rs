@@ -289,10 +289,17 @@ pub fn render_stats(r: &StatsReport) -> String {
             w.drops.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
         let socket: Vec<String> =
             w.socket.named().iter().filter(|(_, v)| *v > 0).map(|(k, v)| format!("{k}={v}")).collect();
+        let umem = match w.umem.means() {
+            Some([fill, rx, transmit]) => {
+                format!("fill ring {fill:.0} rx ring {rx:.0} transmit {transmit:.0}")
+            }
+            None => "not sampled".to_string(),
+        };
         let t = &w.batch_time_ns;
         let _ = writeln!(
             out,
-            "worker core {} queue {}: rx {} ({} B) tx {} ({} B) pass {} icmp {} drops {} | socket {} | batches {} fill {:.1} busy {:.1}% | \
+            "worker core {} queue {}: rx {} ({} B) tx {} ({} B) pass {} icmp {} drops {} | socket {} | \
+             umem frames (mean since start) {} | batches {} fill {:.1} busy {:.1}% | \
              batch time p50 {} ns p99 {} ns p99.9 {} ns max {} ns ({} samples/s) | flows {} | heartbeat {} ms ago",
             w.core,
             w.queue,
@@ -304,6 +311,7 @@ pub fn render_stats(r: &StatsReport) -> String {
             w.icmp_generated,
             if drops.is_empty() { "none".to_string() } else { drops.join(" ") },
             if socket.is_empty() { "clean".to_string() } else { socket.join(" ") },
+            umem,
             w.batches,
             w.batch_fill,
             100.0 * w.busy_ratio,
@@ -322,15 +330,18 @@ pub fn render_stats(r: &StatsReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fwd_control::admin::{SocketStats, WorkerStats};
+    use fwd_control::admin::{SocketStats, UmemOccupancy, WorkerStats};
 
     #[test]
-    fn stats_name_the_socket_counters_that_moved() {
-        let worker = |socket| WorkerStats { core: 2, queue: 0, socket, ..WorkerStats::default() };
+    fn stats_name_the_socket_counters_that_moved_and_where_the_frames_were() {
+        let worker = |socket, umem| WorkerStats { core: 2, queue: 0, socket, umem, ..WorkerStats::default() };
         let report = StatsReport {
             workers: vec![
-                worker(SocketStats::default()),
-                worker(SocketStats { rx_ring_full: 12, rx_dropped: 3, ..SocketStats::default() }),
+                worker(SocketStats::default(), UmemOccupancy::default()),
+                worker(
+                    SocketStats { rx_ring_full: 12, rx_dropped: 3, ..SocketStats::default() },
+                    UmemOccupancy { samples: 10, fill_ring: 20_000, rx_ring: 19_004, transmit: 1_500 },
+                ),
             ],
         };
         let text = render_stats(&report);
@@ -338,5 +349,10 @@ mod tests {
         assert_eq!(lines.len(), 2, "{text}");
         assert!(lines[0].contains("drops none | socket clean |"), "{text}");
         assert!(lines[1].contains("| socket rx_dropped=3 rx_ring_full=12 |"), "{text}");
+        assert!(lines[0].contains("| umem frames (mean since start) not sampled |"), "{text}");
+        assert!(
+            lines[1].contains("| umem frames (mean since start) fill ring 2000 rx ring 1900 transmit 150 |"),
+            "{text}"
+        );
     }
 }

@@ -636,6 +636,7 @@ impl Control {
                         active_flows: w.active_flows.load(Ordering::Relaxed),
                         heartbeat_age_ms: now_ms.saturating_sub(w.heartbeat_ms.load(Ordering::Relaxed)),
                         socket: w.socket.read(),
+                        umem: w.umem.read(),
                     }
                 })
                 .collect(),
@@ -758,14 +759,14 @@ impl Control {
                     value,
                 );
             }
-            let (samples, places) = w.umem.read();
+            let umem = w.umem.read();
             e.counter(
                 "fwd_worker_umem_samples_total",
                 "Samples of where the worker's UMEM frames are (one per 16 batches).",
                 &l,
-                samples,
+                umem.samples,
             );
-            for (place, frames) in places {
+            for (place, frames) in umem.named() {
                 e.counter(
                     "fwd_worker_umem_frames_sampled_total",
                     "UMEM frames found in each place, summed over the samples: on the fill ring (free \

@@ -5,7 +5,7 @@
 use crate::forwarder::control::BatchTimesShared;
 use arc_swap::ArcSwap;
 use fwd_afxdp::{CpuPrefetch, IdleWait, KernelStats, Port};
-use fwd_control::admin::SocketStats;
+use fwd_control::admin::{SocketStats, UmemOccupancy};
 use fwd_dataplane::counters::{SharedBackendCounters, SharedCounters};
 use fwd_dataplane::io::{PacketIo, MAX_BATCH};
 use fwd_dataplane::pipeline::{Worker, WorkerConfig};
@@ -33,16 +33,12 @@ pub struct WorkerShared {
     pub umem: SharedUmemOccupancy,
 }
 
-/// The port's samples of where its UMEM frames are ([`fwd_afxdp::PortStats::occupancy_samples`]):
-/// the number of samples and the frames summed over them on the fill ring, on the RX ring, and in
-/// transmit. A rate of a sum over the rate of the samples is the mean number of frames there.
+/// [`UmemOccupancy`] as atomics, from the port's samples
+/// ([`fwd_afxdp::PortStats::occupancy_samples`]): the worker stores, control loads.
 #[derive(Debug, Default)]
 pub struct SharedUmemOccupancy([AtomicU64; 4]);
 
 impl SharedUmemOccupancy {
-    /// Names of the places, as the metrics label them, in the order of the sums.
-    pub const PLACES: [&'static str; 3] = ["fill_ring", "rx_ring", "transmit"];
-
     fn publish(&self, s: &fwd_afxdp::PortStats) {
         let values = [s.occupancy_samples, s.fill_level_sum, s.rx_backlog_sum, s.tx_in_flight_sum];
         for (slot, value) in self.0.iter().zip(values) {
@@ -50,11 +46,9 @@ impl SharedUmemOccupancy {
         }
     }
 
-    /// The samples, and each place with its summed frames.
-    pub fn read(&self) -> (u64, [(&'static str, u64); 3]) {
-        let [samples, fill, rx, transmit] = self.0.each_ref().map(|a| a.load(Ordering::Relaxed));
-        let [p_fill, p_rx, p_transmit] = Self::PLACES;
-        (samples, [(p_fill, fill), (p_rx, rx), (p_transmit, transmit)])
+    pub fn read(&self) -> UmemOccupancy {
+        let [samples, fill_ring, rx_ring, transmit] = self.0.each_ref().map(|a| a.load(Ordering::Relaxed));
+        UmemOccupancy { samples, fill_ring, rx_ring, transmit }
     }
 }
 

@@ -87,6 +87,15 @@ impl SharedSocketStats {
 }
 
 impl WorkerShared {
+    /// The port's figures for control: the socket's kernel counters (one getsockopt) and where
+    /// its UMEM frames were.
+    fn publish_port(&self, port: &Port) {
+        if let Ok(k) = port.kernel_stats() {
+            self.socket.publish(&k);
+        }
+        self.umem.publish(&port.stats());
+    }
+
     pub fn new(core: usize, queue: u32, backends: usize) -> Self {
         WorkerShared {
             core,
@@ -229,10 +238,7 @@ pub fn worker_loop(
             last_publish_ms = now_ms;
             shared.backends.load().publish(worker.backend_counters(), worker.active_flows());
             // One getsockopt per publish, never per batch.
-            if let Ok(k) = port.kernel_stats() {
-                shared.socket.publish(&k);
-            }
-            shared.umem.publish(&port.stats());
+            shared.publish_port(&port);
         }
         if now_ms.wrapping_sub(last_times_ms) >= BATCH_TIMES_EVERY_MS {
             last_times_ms = now_ms;
@@ -247,10 +253,7 @@ pub fn worker_loop(
     }
     shared.counters.publish(worker.counters());
     shared.backends.load().publish(worker.backend_counters(), worker.active_flows());
-    if let Ok(k) = port.kernel_stats() {
-        shared.socket.publish(&k);
-    }
-    shared.umem.publish(&port.stats());
+    shared.publish_port(&port);
     let (pipeline_p50, pipeline_batches) =
         pipeline_ns.map_or((0, 0), |h| (if h.is_empty() { 0 } else { h.value_at_quantile(0.5) }, h.len()));
     WorkerExit {

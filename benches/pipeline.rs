@@ -50,7 +50,7 @@ use fwd_dataplane::io::{
     Ahead as AheadFrames, Batch, PacketIo, ReplayIo, TwoSetRotation, Verdict, BUF_SIZE, MAX_BATCH,
 };
 use fwd_dataplane::maglev::{BackendKey, MaglevMember, MaglevTable, DEFAULT_TABLE_SIZE};
-use fwd_dataplane::pipeline::{Worker, WorkerConfig};
+use fwd_dataplane::pipeline::{ClassifyAhead, Worker, WorkerConfig};
 use fwd_dataplane::prefetch::{LoadPrefetch, Prefetch};
 use fwd_dataplane::snapshot::{
     Backend, BackendState, ForwardMode, FragmentPolicy, LocalInfo, Service, ServiceKey, Snapshot, SourceRange,
@@ -548,7 +548,7 @@ fn warm_up<P: Prefetch>(
 /// A warmed-up worker for `templates` (connection table twice the flow count; in huge pages
 /// through the global allocator, as in fwd).
 fn warm_worker<P: Prefetch>(snap: &Snapshot, frames: &[Vec<u8>], label: &str) -> Worker<P> {
-    warm_worker_with_capacity(snap, frames, 2 * frames.len(), label)
+    warm_worker_with_capacity(snap, frames, 2 * frames.len(), ClassifyAhead::default(), label)
 }
 
 /// [`warm_worker`] with a connection table of `conn_capacity` entries.
@@ -556,10 +556,12 @@ fn warm_worker_with_capacity<P: Prefetch>(
     snap: &Snapshot,
     frames: &[Vec<u8>],
     conn_capacity: usize,
+    classify_ahead: ClassifyAhead,
     label: &str,
 ) -> Worker<P> {
     let before = fwd_afxdp::memory::anon_huge_page_bytes().unwrap_or(0);
-    let mut worker = Worker::with_prefetch(WorkerConfig { conn_capacity, timeouts: TIMEOUTS });
+    let mut worker =
+        Worker::with_prefetch(WorkerConfig { conn_capacity, timeouts: TIMEOUTS, classify_ahead });
     let after = fwd_afxdp::memory::anon_huge_page_bytes().unwrap_or(0);
     eprintln!(
         "{label}: connection table {} MiB, {} MiB of it in huge pages",
@@ -678,10 +680,28 @@ fn benches(c: &mut Criterion) {
             if flows < FWD_CONN_CAPACITY {
                 // The flows in a table of fwd's default size, as fwd's workers hold them.
                 let label = format!("tcp4-ipip-cap1m/f{flows}");
-                let mut sparse =
-                    warm_worker_with_capacity::<CpuPrefetch>(&snap, &frames, FWD_CONN_CAPACITY, &label);
+                let mut sparse = warm_worker_with_capacity::<CpuPrefetch>(
+                    &snap,
+                    &frames,
+                    FWD_CONN_CAPACITY,
+                    ClassifyAhead::default(),
+                    &label,
+                );
                 bench_pipeline(c, &label, &mut compact, &mut sparse, &snap, 32, Ahead::Classify);
                 drop(sparse);
+                // Its peer: classifying ahead only while the table's occupied entries outgrow
+                // the caches, the best choice in memory (where this table stays in the caches
+                // between batches), not under load (see ClassifyAhead).
+                let label = format!("tcp4-ipip-cap1m-ahead-if-outgrown/f{flows}");
+                let mut cached = warm_worker_with_capacity::<CpuPrefetch>(
+                    &snap,
+                    &frames,
+                    FWD_CONN_CAPACITY,
+                    ClassifyAhead::WhenTableOutgrowsCache,
+                    &label,
+                );
+                bench_pipeline(c, &label, &mut compact, &mut cached, &snap, 32, Ahead::Classify);
+                drop(cached);
             }
             let mut naive = Naive::new(&snap, flows, true);
             bench_naive(c, &format!("naive-ipip/f{flows}"), &mut compact, &mut naive, 32);

@@ -47,6 +47,25 @@ use crate::snapshot::{BackendIdx, BackendState, ForwardMode, FragmentPolicy, Sna
 pub struct WorkerConfig {
     pub conn_capacity: usize,
     pub timeouts: Timeouts,
+    pub classify_ahead: ClassifyAhead,
+}
+
+/// When [`Worker::process_batch_ahead`] classifies the frames behind its batch (and fetches each
+/// hit's entry line in a pass of its own).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ClassifyAhead {
+    /// On every batch: fwd's workers. Under load the kernel's receive and transmit work runs
+    /// between batches on the worker's core and evicts the connection table from its caches,
+    /// however few flows it holds, so there is always a memory wait to fill. Measured in the
+    /// harness at 10 000 flows (stop 26, A/B in one run): the pipeline took 41-63 ns per frame
+    /// with it and 84-85 without (fwd / ceiling 0.91 against 0.78), with a table of a million
+    /// entries; with a table of 32 768 entries, judged cache-resident by its size, 78-83.
+    #[default]
+    Always,
+    /// While the table's occupied entries outgrow the caches ([`ConnTable::outgrows_cache`]):
+    /// for a pipeline whose frames and table stay in the caches between batches, as in the
+    /// in-memory benchmark, where at 10 000 flows classifying ahead costs 5%.
+    WhenTableOutgrowsCache,
 }
 
 pub use crate::counters::BackendCounters;
@@ -178,6 +197,7 @@ pub struct Worker<P = LoadPrefetch> {
     /// The frames seen ahead of the last batch, classified; swapped with `slots` when the next
     /// batch starts with them.
     ahead: Box<ClassifiedAhead>,
+    classify_ahead: ClassifyAhead,
     prefetch: PhantomData<P>,
 }
 
@@ -238,6 +258,7 @@ impl<P: Prefetch> Worker<P> {
             icmp_budget: IcmpBudget { tokens: 0, last_refill_ms: 0, primed: false },
             slots: Box::new([Slot::default(); MAX_BATCH]),
             ahead: Box::new(ClassifiedAhead::new()),
+            classify_ahead: config.classify_ahead,
             prefetch: PhantomData,
         }
     }
@@ -316,8 +337,8 @@ impl<P: Prefetch> Worker<P> {
     /// for memory twice, with nothing left to do meanwhile. Classifying the next batch fills the
     /// entry wait with useful work, and the next batch's header wait moves under this batch's
     /// placement and rewrite: 1.65-1.70 -> 1.47-1.53 µs per batch of 32 at a million flows
-    /// (alternated runs, Zen 5 VM). Only for a table that outgrows the caches: at 10 000 flows
-    /// there is no wait to fill and it cost 2-4%.
+    /// (alternated runs, Zen 5 VM); at 10 000 flows under load, about half the pipeline's time
+    /// (see [`ClassifyAhead`]). In memory at 10 000 flows, where nothing waits, it costs 5%.
     pub fn process_batch_ahead(
         &mut self,
         snap: &Snapshot,
@@ -334,9 +355,11 @@ impl<P: Prefetch> Worker<P> {
         let n = batch.len().min(verdicts.len()).min(MAX_BATCH);
         let verdicts = &mut verdicts[..n];
         let frames = batch.get(..n).unwrap_or_default();
-        // In a cache-resident table there is no memory wait to fill: classifying ahead only
-        // adds work there (2-4% at 10 000 flows).
-        let table_in_memory = self.conns.outgrows_cache();
+        // See ClassifyAhead: under load, always.
+        let table_in_memory = match self.classify_ahead {
+            ClassifyAhead::WhenTableOutgrowsCache => self.conns.outgrows_cache(),
+            ClassifyAhead::Always => true,
+        };
         let ahead = if table_in_memory { ahead.as_slice() } else { &[] };
         let classified = self.take_classified_ahead(snap, frames, verdicts);
         self.counters.classified_ahead += classified as u64;

@@ -22,7 +22,7 @@ use fwd_control::config::{load_config, parse_cores, Config, XdpMode};
 use fwd_control::metrics::MetricsServer;
 use fwd_dataplane::conntrack::Timeouts;
 use fwd_dataplane::counters::{DropReason, WorkerCounters};
-use fwd_dataplane::pipeline::WorkerConfig;
+use fwd_dataplane::pipeline::{ClassifyAhead, WorkerConfig};
 use fwd_dataplane::rewrite::MAX_L2_HEADER_LEN;
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -200,6 +200,8 @@ pub fn run(args: &Args) -> Result<()> {
     let worker_config = WorkerConfig {
         conn_capacity: config.conntrack.capacity_per_core as usize,
         timeouts: timeouts(&config),
+        // Whatever the table holds: under load it is never in the caches (see ClassifyAhead).
+        classify_ahead: ClassifyAhead::Always,
     };
     let stats_interval = config.stats.interval;
     let mut control = Control::new(config, config_path, iface, program, epoch)?;

@@ -144,7 +144,11 @@ fn standard() -> Snapshot {
 const TIMEOUTS: Timeouts = Timeouts { tcp_established_ms: 900_000, tcp_closing_ms: 10_000, udp_ms: 60_000 };
 
 fn worker() -> Worker {
-    Worker::new(WorkerConfig { conn_capacity: 4096, timeouts: TIMEOUTS })
+    Worker::new(WorkerConfig {
+        conn_capacity: 4096,
+        timeouts: TIMEOUTS,
+        classify_ahead: ClassifyAhead::default(),
+    })
 }
 
 fn tcp4(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, payload: usize) -> Vec<u8> {
@@ -828,11 +832,13 @@ fn simulator_and_pipeline_agree_on_thousands_of_flows() {
     }
 }
 
-/// A worker whose connection table outgrows the caches, so that it classifies frames ahead.
+/// A worker that classifies frames ahead whatever its table holds, as fwd's workers do.
 fn big_worker() -> Worker {
-    let w = Worker::new(WorkerConfig { conn_capacity: 1 << 18, timeouts: TIMEOUTS });
-    assert!(w.conns().outgrows_cache());
-    w
+    Worker::new(WorkerConfig {
+        conn_capacity: 1 << 18,
+        timeouts: TIMEOUTS,
+        classify_ahead: ClassifyAhead::Always,
+    })
 }
 
 /// Runs frames through `poll_ahead` and `process_batch_ahead` in batches of the sizes given (in
@@ -927,6 +933,32 @@ fn classifying_ahead_changes_no_verdict_and_no_byte() {
     assert_eq!(&counters, plain.counters());
     assert_eq!(plain.conns().stats(), ahead.conns().stats());
     assert_eq!(plain.backend_counters(), ahead.backend_counters());
+}
+
+/// `ClassifyAhead::WhenTableOutgrowsCache` classifies ahead only while the table's occupied
+/// entries outgrow the caches: a table sized for a million flows that holds a few thousand
+/// fits, one that holds more than 65 536 does not. fwd's workers (the default, `Always`)
+/// classify ahead at any flow count.
+#[test]
+fn a_worker_classifies_ahead_only_once_its_table_holds_enough_flows() {
+    let snap = standard();
+    let mut w = Worker::new(WorkerConfig {
+        conn_capacity: 1 << 20,
+        timeouts: TIMEOUTS,
+        classify_ahead: ClassifyAhead::WhenTableOutgrowsCache,
+    });
+    let flow = |i: u32| tcp4([198, 18 | (i >> 16) as u8 & 1, (i >> 8) as u8, i as u8], VIP4, 40_000, 80, 0);
+    let few: Vec<Vec<u8>> = (0..2_000).map(flow).collect();
+    let (verdicts, _) = run_ahead(&mut w, &snap, &few, 0, &[32]);
+    assert!(verdicts.iter().all(|v| *v == Verdict::Tx));
+    assert_eq!(w.counters().classified_ahead, 0, "2 000 flows in a table of a million");
+    assert!(!w.conns().outgrows_cache());
+    let many: Vec<Vec<u8>> = (2_000..70_000).map(flow).collect();
+    run_ahead(&mut w, &snap, &many, 0, &[64]);
+    assert!(w.conns().occupied() > 65_536);
+    assert!(w.conns().outgrows_cache());
+    assert!(w.counters().classified_ahead > 0, "70 000 flows: classified ahead");
+    assert_eq!(w.counters().total_drops(), 0);
 }
 
 /// Frames classified ahead against one snapshot are classified again under the next one, also
@@ -1044,8 +1076,11 @@ impl Prefetch for RecordingPrefetch {
 #[test]
 fn an_encapsulated_frame_has_its_headroom_line_prefetched_and_a_mac_rewritten_one_not() {
     let snap = standard();
-    let mut w: Worker<RecordingPrefetch> =
-        Worker::with_prefetch(WorkerConfig { conn_capacity: 4096, timeouts: TIMEOUTS });
+    let mut w: Worker<RecordingPrefetch> = Worker::with_prefetch(WorkerConfig {
+        conn_capacity: 4096,
+        timeouts: TIMEOUTS,
+        classify_ahead: ClassifyAhead::default(),
+    });
     let mut io = MemIo::new();
     assert!(io.push_rx(&tcp4(CLIENT4, VIP4, 40000, 80, 10)));
     assert!(io.push_rx(&tcp4(CLIENT4, VIP4_TUNNEL, 40001, 80, 10)));

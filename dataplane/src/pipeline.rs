@@ -337,8 +337,9 @@ impl<P: Prefetch> Worker<P> {
     /// for memory twice, with nothing left to do meanwhile. Classifying the next batch fills the
     /// entry wait with useful work, and the next batch's header wait moves under this batch's
     /// placement and rewrite: 1.65-1.70 -> 1.47-1.53 µs per batch of 32 at a million flows
-    /// (alternated runs, Zen 5 VM); at 10 000 flows under load, about half the pipeline's time
-    /// (see [`ClassifyAhead`]). In memory at 10 000 flows, where nothing waits, it costs 5%.
+    /// (alternated runs, Zen 5 VM); at 10 000 flows under load, a third to a half of the
+    /// pipeline's time (see [`ClassifyAhead`]). In memory at 10 000 flows, where nothing waits,
+    /// it costs 5%.
     pub fn process_batch_ahead(
         &mut self,
         snap: &Snapshot,
@@ -356,11 +357,11 @@ impl<P: Prefetch> Worker<P> {
         let verdicts = &mut verdicts[..n];
         let frames = batch.get(..n).unwrap_or_default();
         // See ClassifyAhead: under load, always.
-        let table_in_memory = match self.classify_ahead {
+        let overlap_memory_waits = match self.classify_ahead {
             ClassifyAhead::WhenTableOutgrowsCache => self.conns.outgrows_cache(),
             ClassifyAhead::Always => true,
         };
-        let ahead = if table_in_memory { ahead.as_slice() } else { &[] };
+        let ahead = if overlap_memory_waits { ahead.as_slice() } else { &[] };
         let classified = self.take_classified_ahead(snap, frames, verdicts);
         self.counters.classified_ahead += classified as u64;
         for frame in frames {
@@ -404,7 +405,7 @@ impl<P: Prefetch> Worker<P> {
         // that lives in memory each hit would otherwise wait for it in turn. A flow the table
         // lacks will be placed by Maglev: its slot is loaded instead (at a million flows, the
         // 1% of packets that missed spent 4% of the time waiting for the Maglev table).
-        if table_in_memory {
+        if overlap_memory_waits {
             for slot in self.slots[..n].iter() {
                 if matches!(slot.todo, Todo::Forward | Todo::Follow)
                     && !self.conns.prefetch_entry::<P>(slot.hash)

@@ -8,7 +8,7 @@ use fwd_dataplane::conntrack::Timeouts;
 use fwd_dataplane::flow::L4Proto;
 use fwd_dataplane::io::{MemIo, PacketIo};
 use fwd_dataplane::maglev::{BackendKey, MaglevMember, MaglevTable};
-use fwd_dataplane::pipeline::{Worker, WorkerConfig};
+use fwd_dataplane::pipeline::{ClassifyAhead, Worker, WorkerConfig};
 use fwd_dataplane::snapshot::{
     Backend, BackendState, ForwardMode, FragmentPolicy, LocalInfo, Service, ServiceKey, Snapshot, SourceRange,
 };
@@ -64,6 +64,8 @@ fuzz_target!(|data: &[u8]| {
     let mut worker = Worker::new(WorkerConfig {
         conn_capacity: 64,
         timeouts: Timeouts { tcp_established_ms: 1000, tcp_closing_ms: 100, udp_ms: 500 },
+        // As fwd's workers: the frames behind each batch are classified ahead.
+        classify_ahead: ClassifyAhead::Always,
     });
     let mut io = MemIo::new();
     // Frames are length-prefixed (one byte): a short input gives one frame with the rest.
@@ -77,9 +79,11 @@ fuzz_target!(|data: &[u8]| {
         rest = tail;
     }
     let mut verdicts = 0usize;
+    // Batches of 16 out of up to 64 frames, so that most batches have frames behind them to
+    // classify ahead and start with frames classified ahead.
     while io.pending_rx() > 0 {
-        io.poll(64, &mut |batch, v| {
-            worker.process_batch(&snap, batch, v, 1000);
+        io.poll_ahead(16, &mut |batch, v, ahead| {
+            worker.process_batch_ahead(&snap, batch, v, ahead, 1000);
             verdicts += batch.len();
         });
     }

@@ -172,6 +172,14 @@ fn signature(hash: u64) -> u32 {
     }
 }
 
+/// Empties `slot` of a bucket and counts it out of `occupied` (see [`ConnTable::occupied`]):
+/// every place that frees a slot goes through here, so the count cannot drift.
+#[inline(always)]
+fn vacate(header: &mut BucketHeader, slot: usize, occupied: &mut usize) {
+    header.words[slot] = STATE_EMPTY;
+    *occupied = occupied.saturating_sub(1);
+}
+
 /// Bit `i` set when slot `i` holds the signature `sig` (in any non-empty state).
 #[inline(always)]
 fn signature_matches(header: &BucketHeader, sig: u32) -> u32 {
@@ -258,15 +266,13 @@ impl ConnTable {
             let mut state = word & STATE_MASK;
             let idle = now.wrapping_sub(header.last_seen[slot]);
             if idle > self.timeout_by_state[state as usize] {
-                header.words[slot] = 0;
-                self.occupied = self.occupied.saturating_sub(1);
+                vacate(header, slot, &mut self.occupied);
                 self.stats.misses += 1;
                 return None;
             }
             if state != STATE_OTHER {
                 if state == STATE_TCP_CLOSING && is_new_syn(tcp_flags) {
-                    header.words[slot] = 0;
-                    self.occupied = self.occupied.saturating_sub(1);
+                    vacate(header, slot, &mut self.occupied);
                     self.stats.reset_by_syn += 1;
                     self.stats.misses += 1;
                     return None;
@@ -381,8 +387,7 @@ impl ConnTable {
                 let word = header.words[slot];
                 let idle = now.wrapping_sub(header.last_seen[slot]);
                 if word != STATE_EMPTY && idle > timeouts[(word & STATE_MASK) as usize] {
-                    header.words[slot] = STATE_EMPTY;
-                    self.occupied = self.occupied.saturating_sub(1);
+                    vacate(header, slot, &mut self.occupied);
                     self.stats.evicted_expired += 1;
                 }
             }
@@ -401,8 +406,7 @@ impl ConnTable {
             let slot = candidates.trailing_zeros() as usize % WAYS;
             candidates &= candidates - 1;
             if entries.get(slot).is_some_and(|e| e.key == *key) {
-                header.words[slot] = STATE_EMPTY;
-                self.occupied = self.occupied.saturating_sub(1);
+                vacate(header, slot, &mut self.occupied);
                 return true;
             }
         }

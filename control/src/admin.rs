@@ -410,10 +410,37 @@ mod tests {
     use super::*;
     use std::os::unix::fs::MetadataExt;
 
-    fn temp_socket(name: &str) -> PathBuf {
+    /// A socket path in a fresh directory of its own (the server creates the missing `sub`),
+    /// removed with everything in it on drop, also when the test fails.
+    struct TempSocket {
+        dir: PathBuf,
+        path: PathBuf,
+    }
+
+    impl Drop for TempSocket {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    impl std::ops::Deref for TempSocket {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    impl AsRef<Path> for TempSocket {
+        fn as_ref(&self) -> &Path {
+            &self.path
+        }
+    }
+
+    fn temp_socket(name: &str) -> TempSocket {
         let dir = std::env::temp_dir().join(format!("fwd-admin-test-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        dir.join("sub").join("admin.sock")
+        let path = dir.join("sub").join("admin.sock");
+        TempSocket { dir, path }
     }
 
     /// A control loop stand-in: answers status with a fixed report, drain with an echo.

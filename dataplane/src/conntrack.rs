@@ -98,6 +98,9 @@ const WAYS: usize = 8;
 /// a few MiB per core on the servers fwd targets).
 const CACHE_RESIDENT_BYTES: usize = 8 << 20;
 
+/// What one flow's lookup touches in a sparse table: its bucket's header line and its entry line.
+const LINES_PER_FLOW_BYTES: usize = std::mem::size_of::<BucketHeader>() + std::mem::size_of::<Entry>();
+
 /// The state lives in the low 2 bits of a slot's header word; the other 30 are the signature.
 const STATE_MASK: u32 = 0b11;
 /// Empty slot: the whole word is zero (a signature is never zero).
@@ -530,7 +533,7 @@ impl ConnTable {
     #[inline]
     pub fn outgrows_cache(&self) -> bool {
         let table = self.buckets.len() * std::mem::size_of::<Bucket>();
-        let touched = self.occupied.saturating_mul(2 * std::mem::size_of::<Entry>());
+        let touched = self.occupied.saturating_mul(LINES_PER_FLOW_BYTES);
         touched.min(table) > CACHE_RESIDENT_BYTES
     }
 
@@ -856,7 +859,7 @@ mod tests {
     #[test]
     fn a_large_table_outgrows_the_caches_only_once_it_holds_enough_flows() {
         let mut t = ConnTable::new(1 << 20, TIMEOUTS);
-        let threshold = CACHE_RESIDENT_BYTES / (2 * std::mem::size_of::<Entry>());
+        let threshold = CACHE_RESIDENT_BYTES / LINES_PER_FLOW_BYTES;
         assert_eq!(threshold, 65_536);
         let key = |i: usize| {
             FlowKey::v4([198, 18, (i >> 16) as u8, (i >> 8) as u8], [198, 19, 0, 1], 17, i as u16, 53)

@@ -19,8 +19,8 @@
 //!   classifying ahead (`Worker::process_batch` instead of `process_batch_ahead`: each batch
 //!   classified in its own poll);
 //! * `tcp4-ipip-cap1m` at 10 000 flows, batch 32: the main case in a connection table of fwd's
-//!   default size (1 000 000 entries per core), where each flow has a bucket of its own (two lines
-//!   per flow instead of sharing header lines), as in fwd's workers;
+//!   default size (1 000 000 flows per core), where each flow has a bucket line of its own
+//!   instead of sharing one with others, as in fwd's workers;
 //! * `naive-l2`, `naive-ipip`: the peer, the same placement done the obvious way in the same run:
 //!   `etherparse::SlicedPacket::from_ethernet`, a std `HashMap` (SipHash) for the service and one
 //!   for the flow, then a MAC rewrite (and for ipip an outer IPv4 header built with etherparse).
@@ -533,8 +533,8 @@ fn warm_up<P: Prefetch>(
     let packets = (rounds * MAX_BATCH) as u64;
     let misses = stats.misses - before.0.misses;
     assert_eq!(stats.hits - before.0.hits + misses, packets, "{label}: one lookup per packet");
-    // An 8-way bucket that drew more than 8 of the flows keeps evicting them (LRU, cycled in
-    // order): at twice the flow count that is a few per ten thousand, and their packets are
+    // A 4-slot bucket that drew more than 4 of the flows keeps evicting them (LRU, cycled in
+    // order): at 8 slots per flow that is a few per ten thousand, and their packets are
     // placed by Maglev and re-inserted, as a real worker's would be.
     eprintln!(
         "{label}: connection table capacity {}, {misses} misses in {packets} packets ({:.3}%)",
@@ -565,7 +565,7 @@ fn warm_worker_with_capacity<P: Prefetch>(
     let after = fwd_afxdp::memory::anon_huge_page_bytes().unwrap_or(0);
     eprintln!(
         "{label}: connection table {} MiB, {} MiB of it in huge pages",
-        (worker.conns().capacity() * 72) >> 20,
+        worker.conns().memory_bytes() >> 20,
         after.saturating_sub(before) >> 20
     );
     let mut io = CompactReplay::new(frames);

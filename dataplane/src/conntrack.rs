@@ -7,33 +7,41 @@
 //!
 //! # Layout
 //!
-//! The table is set-associative, like a CPU cache: a flow can live only in the 8 slots of the
-//! bucket picked by the high 32 bits of its flow hash (the low 32 bits pick the Maglev slot, see
-//! [`crate::hash::reduce`], so the two stay independent). A bucket is 576 bytes (9 cache lines,
-//! 72 bytes per entry), aligned on a cache line:
+//! The table is set-associative, like a CPU cache, and a bucket is one cache line: a flow can
+//! live only in the 4 slots of the bucket picked by the high 32 bits of its flow hash (the low
+//! 32 bits pick the Maglev slot, see [`crate::hash::reduce`], so the two stay independent). Per
+//! slot the line holds 16 bytes: a 32-bit word (a 30-bit signature taken from the low hash bits
+//! plus a 2-bit state, 0 = empty), the 32-bit last-seen time, the backend and the tag. A lookup
+//! compares the 4 signatures at once; a hit, the refresh of its time and state, and an insert's
+//! choice of victim (empty, then expired, then least recently used) never leave this line.
 //!
-//! * a 64-byte header line: per slot a 32-bit word holding a 30-bit signature taken from the low
-//!   hash bits plus a 2-bit state (0 = empty), and the 32-bit last-seen time. A lookup compares
-//!   the 8 signatures at once and an insert picks its victim (empty, then expired, then least
-//!   recently used) without leaving this line;
-//! * 8 entries, one cache line each (the full key and the value, 48 bytes, padded to 64), read
-//!   only for a slot whose signature matched: a hit reads the header line and one entry line, a
-//!   miss nearly always the header line alone.
+//! # A flow is its hash
 //!
-//! Entries were 48 bytes, packed (448-byte buckets). Then half of them straddled two lines, and a
-//! hit on one needed both while [`ConnTable::prefetch_entry`] had fetched one: at a million flows
-//! the lookup waited for the other line in turn (perf put a third of the pipeline's samples on
-//! that compare). Line-sized entries took 1.63 µs per batch of 32 there instead of 2.2-2.3, alternated
-//! runs on an AMD EPYC (Zen 5) VM, for 29% more memory; prefetching both lines of a straddling
-//! entry instead was slower (2.5 µs: twice the prefetches in flight), and so was fetching the
-//! whole bucket (2.5-2.7 µs).
+//! The table stores no keys: a flow is known by its bucket and its signature, 30 + log2(buckets)
+//! bits of its 64-bit flow hash (50 bits in fwd's default table for a million flows: 2^20 buckets).
 //!
-//! Header and entries share one array rather than two: on a table far larger than the caches
-//! (and the TLB) the entries then sit in the same 4 KiB page as their header, so a lookup walks
-//! the page tables once, not twice. Measured at 1 000 000 entries, batches of 32 lookups took
-//! about 30% less time (without prefetching) this way than with the headers in an array of their
-//! own. On the Zen 5 VM of stop 20, with 2 MiB pages and line-sized entries, separate arrays
-//! changed nothing at a million flows and cost 8-10% at 10 000 (pipeline benchmark).
+//! Why: the table used to keep the full key beside the value, a line per entry behind a header
+//! line of signatures (72 bytes per entry). A hit then read two lines, one found through the
+//! other, so each waited for memory twice in a row; at a million flows the table was larger
+//! than ever (75 MiB) and, 8 slots per bucket at 95% of its slots in use, left 12% of the flows
+//! without a slot (evicted and placed again, packet after packet). One line per bucket halves
+//! what a hit reads and what a flow occupies in the caches, and makes room for more slots in
+//! less memory; measurements in the README ("Connection table: one line per bucket").
+//!
+//! What it costs: a flow the table does not hold, whose signature equals that of a live entry in
+//! its bucket, is taken for that flow: at most 4 chances in 2^30 (one in 268 million) per flow
+//! placed. Such a flow still goes to a valid backend of its service (the pipeline checks every
+//! hit against the current backend set, and picks afresh for a SYN to a draining backend), only
+//! not the one Maglev names, which matters only if its packets later reach another fwd (an ECMP
+//! change) while it lasts. A backend change moves far more flows than that.
+//!
+//! # Size
+//!
+//! [`ConnTable::new`] makes 4 slots per flow asked for (one cache line per flow, rounded up to a
+//! power of two): a table holding as many flows as asked then has a quarter of its slots in use,
+//! and by the Poisson law 0.4% of its flows find their bucket full (3.3% with 2 slots per flow,
+//! 12% in the old 8-slot buckets at 95%). A full bucket evicts its least recently used entry,
+//! whose flow is placed again by Maglev, on the same backend unless the set changed.
 //!
 //! # Time
 //!
@@ -41,12 +49,11 @@
 //! wrapping subtraction, so an age is exact up to 2^32 ms (49.7 days). An entry idle longer than
 //! that would look young again; to prevent it, every insert also sweeps one bucket (round robin)
 //! and frees its expired entries, so an expired entry is reclaimed once the table has seen as many
-//! inserts as it has buckets (131 072 for a million entries). Only a worker that sees fewer new
+//! inserts as it has buckets (1 048 576 for a million flows). Only a worker that sees fewer new
 //! flows than that in 49 days can revive a flow idle that long, and even then the flow only gets
 //! back the backend it had, which the pipeline validates against the current backend set on every
 //! hit anyway.
 
-use crate::flow::FlowKey;
 use crate::prefetch::Prefetch;
 
 /// What the table remembers about a flow.
@@ -92,16 +99,18 @@ const TCP_SYN: u8 = 0x02;
 const TCP_RST: u8 = 0x04;
 const TCP_ACK: u8 = 0x10;
 
-/// Slots per bucket.
-const WAYS: usize = 8;
+/// Slots per bucket: as many as fit one cache line at 16 bytes each.
+const WAYS: usize = 4;
+/// Slots made per flow asked for (see "Size" in the module documentation).
+const SLOTS_PER_FLOW: usize = 4;
 /// Above this size the table is taken to live in memory rather than the caches (an L3 share of
 /// a few MiB per core on the servers fwd targets).
 const CACHE_RESIDENT_BYTES: usize = 8 << 20;
 
-/// What one flow's lookup touches in a sparse table: its bucket's header line and its entry line.
-const LINES_PER_FLOW_BYTES: usize = std::mem::size_of::<BucketHeader>() + std::mem::size_of::<Entry>();
+/// What one flow's lookup touches in a sparse table: its bucket's line.
+const LINE_PER_FLOW_BYTES: usize = std::mem::size_of::<Bucket>();
 
-/// The state lives in the low 2 bits of a slot's header word; the other 30 are the signature.
+/// The state lives in the low 2 bits of a slot's word; the other 30 are the signature.
 const STATE_MASK: u32 = 0b11;
 /// Empty slot: the whole word is zero (a signature is never zero).
 const STATE_EMPTY: u32 = 0;
@@ -109,35 +118,18 @@ const STATE_TCP_ESTABLISHED: u32 = 1;
 const STATE_TCP_CLOSING: u32 = 2;
 const STATE_OTHER: u32 = 3;
 
-/// One bucket's signatures, states and last-seen times: exactly one cache line.
+/// One bucket: its slots' signatures, states, last-seen times and values, exactly one cache line.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C, align(64))]
-struct BucketHeader {
+struct Bucket {
     /// `signature | state` per slot; 0 when the slot is empty.
     words: [u32; WAYS],
     /// Last time the slot's flow was seen, in ms truncated to u32.
     last_seen: [u32; WAYS],
-}
-
-/// A cache line of its own (see the module documentation).
-#[derive(Clone, Copy, Debug)]
-#[repr(C, align(64))]
-struct Entry {
-    key: FlowKey,
-    value: ConnValue,
-}
-
-const EMPTY_ENTRY: Entry = Entry {
-    key: FlowKey { src: [0; 16], dst: [0; 16], src_port: 0, dst_port: 0, proto: 0 },
-    value: ConnValue { backend: 0, tag: 0 },
-};
-
-/// One bucket: its header line, then its 8 entries; 576 bytes, starting on a cache line.
-#[derive(Clone, Copy, Debug)]
-#[repr(C, align(64))]
-struct Bucket {
-    header: BucketHeader,
-    entries: [Entry; WAYS],
+    /// The slot's [`ConnValue::backend`].
+    backend: [u32; WAYS],
+    /// The slot's [`ConnValue::tag`].
+    tag: [u32; WAYS],
 }
 
 /// A fixed-capacity, set-associative connection table owned by one worker.
@@ -156,10 +148,10 @@ pub struct ConnTable {
     stats: ConnStats,
 }
 
-/// The bucket count for a requested capacity: a power of two holding at least `capacity` entries.
+/// The bucket count for `capacity` flows: a power of two, [`SLOTS_PER_FLOW`] slots per flow.
 /// Capped at 2^32 buckets, since the bucket index comes from 32 hash bits.
 fn bucket_count_for(capacity: usize) -> usize {
-    let wanted = capacity.max(1).div_ceil(WAYS);
+    let wanted = capacity.max(1).saturating_mul(SLOTS_PER_FLOW).div_ceil(WAYS);
     let cap = 1usize << 32.min(usize::BITS - 1);
     wanted.checked_next_power_of_two().unwrap_or(cap).min(cap)
 }
@@ -178,19 +170,20 @@ fn signature(hash: u64) -> u32 {
 /// Empties `slot` of a bucket and counts it out of `occupied` (see [`ConnTable::occupied`]):
 /// every place that frees a slot goes through here, so the count cannot drift.
 #[inline(always)]
-fn vacate(header: &mut BucketHeader, slot: usize, occupied: &mut usize) {
-    header.words[slot] = STATE_EMPTY;
+fn vacate(bucket: &mut Bucket, slot: usize, occupied: &mut usize) {
+    bucket.words[slot] = STATE_EMPTY;
     *occupied = occupied.saturating_sub(1);
 }
 
-/// Bit `i` set when slot `i` holds the signature `sig` (in any non-empty state).
+/// The slot holding the signature `sig` (in any non-empty state), if any. An insert never
+/// stores a signature twice in a bucket, so there is at most one.
 #[inline(always)]
-fn signature_matches(header: &BucketHeader, sig: u32) -> u32 {
+fn find(bucket: &Bucket, sig: u32) -> Option<usize> {
     let mut found = 0u32;
-    for (i, word) in header.words.iter().enumerate() {
+    for (i, word) in bucket.words.iter().enumerate() {
         found |= u32::from(word & !STATE_MASK == sig) << i;
     }
-    found
+    (found != 0).then(|| found.trailing_zeros() as usize % WAYS)
 }
 
 #[inline(always)]
@@ -205,14 +198,14 @@ pub(crate) fn is_new_syn(tcp_flags: Option<u8>) -> bool {
 }
 
 impl ConnTable {
-    /// A table holding at least `capacity` entries (0 is taken as 1): the capacity is rounded up
-    /// to a power-of-two number of 8-entry buckets, see [`ConnTable::capacity`]. All memory is
-    /// allocated here: 72 bytes per entry.
+    /// A table for at least `capacity` flows (0 is taken as 1): [`SLOTS_PER_FLOW`] slots per flow,
+    /// rounded up to a power-of-two number of 4-slot buckets, see [`ConnTable::capacity`]. All
+    /// memory is allocated here: 16 bytes per slot, 64 per flow asked for (up to 128 with the
+    /// rounding).
     pub fn new(capacity: usize, timeouts: Timeouts) -> Self {
         let buckets = bucket_count_for(capacity);
         ConnTable {
-            buckets: vec![Bucket { header: BucketHeader::default(), entries: [EMPTY_ENTRY; WAYS] }; buckets]
-                .into_boxed_slice(),
+            buckets: vec![Bucket::default(); buckets].into_boxed_slice(),
             bucket_mask: buckets - 1,
             timeout_by_state: [0, timeouts.tcp_established_ms, timeouts.tcp_closing_ms, timeouts.udp_ms],
             sweep_cursor: 0,
@@ -226,6 +219,11 @@ impl ConnTable {
         self.buckets.len() * WAYS
     }
 
+    /// The table's memory, in bytes.
+    pub fn memory_bytes(&self) -> usize {
+        std::mem::size_of_val::<[Bucket]>(&self.buckets)
+    }
+
     #[inline(always)]
     fn bucket_index(&self, hash: u64) -> usize {
         (hash >> 32) as usize & self.bucket_mask
@@ -236,92 +234,70 @@ impl ConnTable {
         now.wrapping_sub(last_seen) > self.timeout_by_state[(word & STATE_MASK) as usize]
     }
 
-    /// The live entry for the flow, if any; see the module documentation for the rules.
+    /// The live entry for the flow whose flow hash is `hash`, if any; see the module
+    /// documentation for the rules.
     ///
     /// A hit refreshes the entry's last-seen time. For TCP entries, `tcp_flags` (the flags byte of
     /// the packet) moves the entry to the closing state on FIN or RST, and a SYN without ACK on a
     /// closing entry (a new connection reusing the ports) removes it and returns `None`. Expired
     /// entries found here are removed and miss.
     #[inline(always)]
-    pub fn lookup(
-        &mut self,
-        key: &FlowKey,
-        hash: u64,
-        now_ms: u64,
-        tcp_flags: Option<u8>,
-    ) -> Option<ConnValue> {
+    pub fn lookup(&mut self, hash: u64, now_ms: u64, tcp_flags: Option<u8>) -> Option<ConnValue> {
         let now = now_ms as u32;
         let b = self.bucket_index(hash);
         let sig = signature(hash);
-        let Some(Bucket { header, entries }) = self.buckets.get_mut(b) else {
+        let Some(bucket) = self.buckets.get_mut(b) else {
             self.stats.misses += 1;
             return None;
         };
-        let mut candidates = signature_matches(header, sig);
-        while candidates != 0 {
-            let slot = candidates.trailing_zeros() as usize % WAYS;
-            candidates &= candidates - 1;
-            let Some(entry) = entries.get(slot) else { break };
-            if entry.key != *key {
-                continue;
-            }
-            let word = header.words[slot];
-            let mut state = word & STATE_MASK;
-            let idle = now.wrapping_sub(header.last_seen[slot]);
-            if idle > self.timeout_by_state[state as usize] {
-                vacate(header, slot, &mut self.occupied);
+        let Some(slot) = find(bucket, sig) else {
+            self.stats.misses += 1;
+            return None;
+        };
+        let mut state = bucket.words[slot] & STATE_MASK;
+        let idle = now.wrapping_sub(bucket.last_seen[slot]);
+        if idle > self.timeout_by_state[state as usize] {
+            vacate(bucket, slot, &mut self.occupied);
+            self.stats.misses += 1;
+            return None;
+        }
+        if state != STATE_OTHER {
+            if state == STATE_TCP_CLOSING && is_new_syn(tcp_flags) {
+                vacate(bucket, slot, &mut self.occupied);
+                self.stats.reset_by_syn += 1;
                 self.stats.misses += 1;
                 return None;
             }
-            if state != STATE_OTHER {
-                if state == STATE_TCP_CLOSING && is_new_syn(tcp_flags) {
-                    vacate(header, slot, &mut self.occupied);
-                    self.stats.reset_by_syn += 1;
-                    self.stats.misses += 1;
-                    return None;
-                }
-                if has_flag(tcp_flags, TCP_FIN | TCP_RST) {
-                    state = STATE_TCP_CLOSING;
-                }
+            if has_flag(tcp_flags, TCP_FIN | TCP_RST) {
+                state = STATE_TCP_CLOSING;
             }
-            header.words[slot] = sig | state;
-            header.last_seen[slot] = now;
-            self.stats.hits += 1;
-            return Some(entry.value);
         }
-        self.stats.misses += 1;
-        None
+        bucket.words[slot] = sig | state;
+        bucket.last_seen[slot] = now;
+        self.stats.hits += 1;
+        Some(ConnValue { backend: bucket.backend[slot], tag: bucket.tag[slot] })
     }
 
-    /// Records (or overwrites) the flow's backend, evicting if the bucket is full: an expired
-    /// entry if the bucket has one, else its least recently used entry.
+    /// Records (or overwrites) the backend of the flow whose flow hash is `hash` and whose IP
+    /// protocol is `proto`, evicting if the bucket is full: an expired entry if the bucket has
+    /// one, else its least recently used entry.
     ///
     /// A TCP entry starts in the closing state if `tcp_flags` has FIN or RST; overwriting a live
     /// closing entry keeps it closing unless the packet is a new SYN.
     #[inline]
-    pub fn insert(&mut self, key: &FlowKey, hash: u64, value: ConnValue, now_ms: u64, tcp_flags: Option<u8>) {
+    pub fn insert(&mut self, hash: u64, proto: u8, value: ConnValue, now_ms: u64, tcp_flags: Option<u8>) {
         let now = now_ms as u32;
         let b = self.bucket_index(hash);
         let sig = signature(hash);
         self.stats.inserts += 1;
         let timeouts = self.timeout_by_state;
-        if let Some(Bucket { header, entries }) = self.buckets.get_mut(b) {
-            let mut existing = None;
-            let mut candidates = signature_matches(header, sig);
-            while candidates != 0 {
-                let slot = candidates.trailing_zeros() as usize % WAYS;
-                candidates &= candidates - 1;
-                if entries.get(slot).is_some_and(|e| e.key == *key) {
-                    existing = Some(slot);
-                    break;
-                }
-            }
+        if let Some(bucket) = self.buckets.get_mut(b) {
+            let existing = find(bucket, sig);
             let mut state = STATE_OTHER;
-            if key.proto == TCP {
+            if proto == TCP {
                 let was_closing = existing.is_some_and(|slot| {
-                    header.words[slot % WAYS] & STATE_MASK == STATE_TCP_CLOSING
-                        && now.wrapping_sub(header.last_seen[slot % WAYS])
-                            <= timeouts[STATE_TCP_CLOSING as usize]
+                    bucket.words[slot] & STATE_MASK == STATE_TCP_CLOSING
+                        && now.wrapping_sub(bucket.last_seen[slot]) <= timeouts[STATE_TCP_CLOSING as usize]
                 });
                 state = if has_flag(tcp_flags, TCP_FIN | TCP_RST) || (was_closing && !is_new_syn(tcp_flags)) {
                     STATE_TCP_CLOSING
@@ -331,16 +307,15 @@ impl ConnTable {
             }
             let slot = match existing {
                 Some(slot) => slot,
-                None => Self::pick_victim(header, now, &timeouts, &mut self.stats),
+                None => Self::pick_victim(bucket, now, &timeouts, &mut self.stats),
             } % WAYS;
-            if header.words[slot] == STATE_EMPTY {
+            if bucket.words[slot] == STATE_EMPTY {
                 self.occupied += 1;
             }
-            header.words[slot] = sig | state;
-            header.last_seen[slot] = now;
-            if let Some(entry) = entries.get_mut(slot) {
-                *entry = Entry { key: *key, value };
-            }
+            bucket.words[slot] = sig | state;
+            bucket.last_seen[slot] = now;
+            bucket.backend[slot] = value.backend;
+            bucket.tag[slot] = value.tag;
         }
         self.sweep_one_bucket(now);
     }
@@ -348,16 +323,16 @@ impl ConnTable {
     /// The slot a new entry goes to: an empty one, else an expired one, else the least recently
     /// used one. Counts evictions.
     #[inline(always)]
-    fn pick_victim(header: &BucketHeader, now: u32, timeouts: &[u32; 4], stats: &mut ConnStats) -> usize {
+    fn pick_victim(bucket: &Bucket, now: u32, timeouts: &[u32; 4], stats: &mut ConnStats) -> usize {
         let mut oldest = 0;
         let mut oldest_idle = 0;
         let mut expired = None;
         for slot in 0..WAYS {
-            let word = header.words[slot];
+            let word = bucket.words[slot];
             if word == STATE_EMPTY {
                 return slot;
             }
-            let idle = now.wrapping_sub(header.last_seen[slot]);
+            let idle = now.wrapping_sub(bucket.last_seen[slot]);
             if idle > timeouts[(word & STATE_MASK) as usize] {
                 expired = expired.or(Some(slot));
             }
@@ -385,35 +360,33 @@ impl ConnTable {
         let b = self.sweep_cursor & self.bucket_mask;
         self.sweep_cursor = b.wrapping_add(1);
         let timeouts = self.timeout_by_state;
-        if let Some(Bucket { header, .. }) = self.buckets.get_mut(b) {
+        if let Some(bucket) = self.buckets.get_mut(b) {
             for slot in 0..WAYS {
-                let word = header.words[slot];
-                let idle = now.wrapping_sub(header.last_seen[slot]);
+                let word = bucket.words[slot];
+                let idle = now.wrapping_sub(bucket.last_seen[slot]);
                 if word != STATE_EMPTY && idle > timeouts[(word & STATE_MASK) as usize] {
-                    vacate(header, slot, &mut self.occupied);
+                    vacate(bucket, slot, &mut self.occupied);
                     self.stats.evicted_expired += 1;
                 }
             }
         }
     }
 
-    /// Removes the flow's entry. True if there was one (possibly expired but not yet reclaimed).
-    pub fn remove(&mut self, key: &FlowKey, hash: u64) -> bool {
+    /// Removes the entry of the flow whose flow hash is `hash`. True if there was one (possibly
+    /// expired but not yet reclaimed).
+    pub fn remove(&mut self, hash: u64) -> bool {
         let b = self.bucket_index(hash);
         let sig = signature(hash);
-        let Some(Bucket { header, entries }) = self.buckets.get_mut(b) else {
+        let Some(bucket) = self.buckets.get_mut(b) else {
             return false;
         };
-        let mut candidates = signature_matches(header, sig);
-        while candidates != 0 {
-            let slot = candidates.trailing_zeros() as usize % WAYS;
-            candidates &= candidates - 1;
-            if entries.get(slot).is_some_and(|e| e.key == *key) {
-                vacate(header, slot, &mut self.occupied);
-                return true;
+        match find(bucket, sig) {
+            Some(slot) => {
+                vacate(bucket, slot, &mut self.occupied);
+                true
             }
+            None => false,
         }
-        false
     }
 
     /// Entries not expired as of `now_ms`. Walks the whole table: for stats, not per packet.
@@ -421,7 +394,7 @@ impl ConnTable {
         let now = now_ms as u32;
         self.buckets
             .iter()
-            .flat_map(|b| b.header.words.iter().zip(b.header.last_seen.iter()))
+            .flat_map(|b| b.words.iter().zip(b.last_seen.iter()))
             .filter(|&(&word, &last_seen)| word != STATE_EMPTY && !self.is_expired(word, last_seen, now))
             .count()
     }
@@ -442,17 +415,16 @@ impl ConnTable {
         let now = now_ms as u32;
         let end = start.saturating_add(buckets).min(self.buckets.len());
         for bucket in self.buckets.get(start..end).unwrap_or(&[]) {
-            for (slot, (&word, &last_seen)) in
-                bucket.header.words.iter().zip(bucket.header.last_seen.iter()).enumerate()
-            {
+            for slot in 0..WAYS {
+                let (word, last_seen) = (bucket.words[slot], bucket.last_seen[slot]);
                 if word == STATE_EMPTY || self.is_expired(word, last_seen, now) {
                     continue;
                 }
-                let Some(entry) = bucket.entries.get(slot) else { continue };
-                if !accept(entry.value) {
+                let value = ConnValue { backend: bucket.backend[slot], tag: bucket.tag[slot] };
+                if !accept(value) {
                     continue;
                 }
-                if let Some(c) = counts.get_mut(entry.value.backend as usize) {
+                if let Some(c) = counts.get_mut(value.backend as usize) {
                     *c += 1;
                 }
             }
@@ -473,43 +445,35 @@ impl ConnTable {
         self.stats
     }
 
-    /// Starts loading the flow's bucket header line into the cache, so that its lookup a few
-    /// packets later does not wait for memory. Call it for a whole batch of hashes before looking
-    /// them up. The header line shares its page with the entries, so the TLB entry comes along.
+    /// Starts loading the flow's bucket line into the cache, so that its lookup a few packets
+    /// later does not wait for memory. Call it for a whole batch of hashes before looking them
+    /// up.
     ///
     /// Measured with batches of 32 (`benches/conntrack.rs`), with [`LoadPrefetch`] (an ordinary
-    /// load): at 1 000 000 entries 20-25% less time per packet than without it; at 10 000 entries
-    /// (cache-resident) it changes little. Loading every line of the bucket instead gained
-    /// another 10% at 1 000 000 entries but cost 10% at 10 000 (stop 10, Zen 1); in the pipeline,
-    /// with [`ConnTable::prefetch_entry`] as the second step, it was slower at a million flows too
-    /// (stop 20, Zen 5), so only the header line is touched.
+    /// load): at 1 000 000 entries 20-25% less time per packet than without it (stop 10, with
+    /// the two-line design); at 10 000 entries (cache-resident) it changes little.
+    ///
+    /// [`LoadPrefetch`]: crate::prefetch::LoadPrefetch
     #[inline]
     pub fn prefetch<P: Prefetch>(&self, hash: u64) {
         if let Some(bucket) = self.buckets.get(self.bucket_index(hash)) {
-            P::prefetch(&bucket.header.words[0]);
+            P::prefetch(&bucket.words[0]);
         }
     }
 
-    /// The second step of [`ConnTable::prefetch`]: starts loading the entry line of the slot whose
-    /// signature matches the flow's (the one a hit will read), found through the header line
-    /// that `prefetch` loaded. Call it for the batch after `prefetch` and before the lookups:
-    /// otherwise each hit at a million flows waits for its entry line in turn.
-    ///
-    /// Returns false when no signature matches, so the lookup will miss and the flow will be
-    /// inserted: then it loads the header of the bucket the insert sweeps next instead, and the
-    /// caller may start loading what its placement reads (the Maglev slot).
+    /// The second step of [`ConnTable::prefetch`], for a flow the table lacks: once its bucket
+    /// line has loaded, tells whether the flow's lookup will miss (no slot has its signature),
+    /// and if so starts loading the bucket its insert will sweep, so that the insert does not
+    /// wait for that line; the caller may then start loading what its placement reads (the
+    /// Maglev slot). A flow the table holds needs nothing more: its bucket line holds its value.
     #[inline]
-    pub fn prefetch_entry<P: Prefetch>(&self, hash: u64) -> bool {
+    pub fn prefetch_insert<P: Prefetch>(&self, hash: u64) -> bool {
         let Some(bucket) = self.buckets.get(self.bucket_index(hash)) else { return false };
-        let matches = signature_matches(&bucket.header, signature(hash));
-        if matches == 0 {
-            if let Some(next) = self.buckets.get(self.sweep_cursor & self.bucket_mask) {
-                P::prefetch(&next.header.words[0]);
-            }
+        if find(bucket, signature(hash)).is_some() {
             return false;
         }
-        if let Some(entry) = bucket.entries.get(matches.trailing_zeros() as usize % WAYS) {
-            P::prefetch(&entry.key.proto);
+        if let Some(next) = self.buckets.get(self.sweep_cursor & self.bucket_mask) {
+            P::prefetch(&next.words[0]);
         }
         true
     }
@@ -521,26 +485,23 @@ impl ConnTable {
 
     /// Whether what a batch's lookups can touch is larger than a core's share of the caches, so
     /// that they wait for memory even in a loop that does nothing else (the in-memory
-    /// benchmark): then [`ConnTable::prefetch_entry`] pays for its second pass over the batch.
+    /// benchmark): then the pipeline's classifying ahead pays for itself there too.
     /// A worker under load waits for memory at any size, since the kernel's work between its
     /// batches evicts the table (see `pipeline::ClassifyAhead`).
     ///
-    /// The working set is the occupied entries' lines, a header line and an entry line each (in
-    /// a sparse table each flow has a bucket of its own), never more than the table: a table
-    /// sized for a million flows that holds ten thousand fits. In memory at 10 000 flows in
-    /// fwd's default table (a million entries, 72 MiB), the second pass and the classifying
-    /// ahead cost 5% (1.28-1.30 against 1.22-1.24 µs per batch of 32, alternated runs, Zen 5).
+    /// The working set is the occupied entries' bucket lines (in a sparse table each flow has a
+    /// bucket of its own), never more than the table: a table sized for a million flows that
+    /// holds ten thousand fits.
     #[inline]
     pub fn outgrows_cache(&self) -> bool {
-        let table = self.buckets.len() * std::mem::size_of::<Bucket>();
-        let touched = self.occupied.saturating_mul(LINES_PER_FLOW_BYTES);
-        touched.min(table) > CACHE_RESIDENT_BYTES
+        let touched = self.occupied.saturating_mul(LINE_PER_FLOW_BYTES);
+        touched.min(self.memory_bytes()) > CACHE_RESIDENT_BYTES
     }
 
     /// Removes every entry. Statistics are kept.
     pub fn clear(&mut self) {
         for bucket in self.buckets.iter_mut() {
-            bucket.header = BucketHeader::default();
+            *bucket = Bucket::default();
         }
         self.sweep_cursor = 0;
         self.occupied = 0;
@@ -550,6 +511,7 @@ impl ConnTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::flow::FlowKey;
     use crate::hash::flow_hash;
     use crate::prefetch::LoadPrefetch;
     use proptest::prelude::*;
@@ -557,6 +519,7 @@ mod tests {
 
     const TIMEOUTS: Timeouts = Timeouts { tcp_established_ms: 10_000, tcp_closing_ms: 1_000, udp_ms: 3_000 };
     const FIN_ACK: u8 = TCP_FIN | TCP_ACK;
+    const UDP: u8 = 17;
 
     fn tcp(port: u16) -> FlowKey {
         FlowKey::v4([198, 18, 0, 1], [198, 19, 0, 1], 6, port, 80)
@@ -581,59 +544,89 @@ mod tests {
         (bucket << 32) | (flow_hash(key) & 0xffff_ffff)
     }
 
+    /// A hash in `bucket` with the signature `sig` (nonzero, below 2^30).
+    fn hash_of(bucket: u64, sig: u32) -> u64 {
+        (bucket << 32) | u64::from(sig << 2)
+    }
+
+    /// Flow helpers: the table knows a flow by its hash, and its protocol on insert.
+    fn insert(t: &mut ConnTable, key: &FlowKey, v: ConnValue, now: u64, flags: Option<u8>) {
+        t.insert(flow_hash(key), key.proto, v, now, flags);
+    }
+
+    fn lookup(t: &mut ConnTable, key: &FlowKey, now: u64, flags: Option<u8>) -> Option<ConnValue> {
+        t.lookup(flow_hash(key), now, flags)
+    }
+
     fn table() -> ConnTable {
         ConnTable::new(1024, TIMEOUTS)
     }
 
     #[test]
-    fn layout_is_compact() {
-        assert_eq!(std::mem::size_of::<BucketHeader>(), 64);
-        // One line per entry: a hit reads exactly one entry line (see the module documentation).
-        assert_eq!(std::mem::size_of::<Entry>(), 64);
-        assert_eq!(std::mem::align_of::<Entry>(), 64);
-        assert_eq!(std::mem::size_of::<Bucket>(), 64 + 8 * 64);
+    fn a_bucket_is_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Bucket>(), 64);
         assert_eq!(std::mem::align_of::<Bucket>(), 64);
+        let t = table();
+        assert_eq!(t.memory_bytes(), t.bucket_count() * 64);
+        assert_eq!(t.capacity(), 4096);
     }
 
     #[test]
     fn prefetching_changes_nothing() {
         let mut t = table();
         let a = tcp(40_000);
-        t.insert(&a, flow_hash(&a), value(1), 0, None);
+        insert(&mut t, &a, value(1), 0, None);
         t.prefetch::<LoadPrefetch>(flow_hash(&a));
-        t.prefetch_entry::<LoadPrefetch>(flow_hash(&a));
-        t.prefetch_entry::<LoadPrefetch>(flow_hash(&tcp(40_001)));
-        assert_eq!(t.lookup(&a, flow_hash(&a), 1, None), Some(value(1)));
+        assert!(!t.prefetch_insert::<LoadPrefetch>(flow_hash(&a)), "a held flow needs no insert");
+        assert!(t.prefetch_insert::<LoadPrefetch>(flow_hash(&tcp(40_001))), "a new flow does");
+        assert_eq!(lookup(&mut t, &a, 1, None), Some(value(1)));
+        assert_eq!(t.stats().hits, 1);
     }
 
     #[test]
     fn inserted_flow_hits_and_others_miss() {
         let mut t = table();
         let (a, b) = (tcp(40_000), tcp(40_001));
-        t.insert(&a, flow_hash(&a), value(3), 0, Some(TCP_SYN));
-        assert_eq!(t.lookup(&a, flow_hash(&a), 1, Some(TCP_ACK)), Some(value(3)));
-        assert_eq!(t.lookup(&b, flow_hash(&b), 1, Some(TCP_ACK)), None);
-        // Same hash (same bucket and signature), different key: the full key compare rejects it.
-        assert_eq!(t.lookup(&b, flow_hash(&a), 1, None), None);
+        insert(&mut t, &a, value(3), 0, Some(TCP_SYN));
+        assert_eq!(lookup(&mut t, &a, 1, Some(TCP_ACK)), Some(value(3)));
+        assert_eq!(lookup(&mut t, &b, 1, Some(TCP_ACK)), None);
+        // The same bucket with another signature is another flow.
+        let h = flow_hash(&a);
+        assert_eq!(t.lookup(h ^ 0x4, 1, None), None);
         assert_eq!(t.stats(), ConnStats { hits: 1, misses: 2, inserts: 1, ..ConnStats::default() });
         assert_eq!(t.count_live(1), 1);
+    }
+
+    /// The documented trade-off (module documentation, "A flow is its hash"): flows are told
+    /// apart by bucket and signature only, so equal bits are the same flow. Bits the table does
+    /// not use (the hash's high bits beyond the bucket index, the low two) do not count.
+    #[test]
+    fn a_flow_is_known_by_its_bucket_and_signature() {
+        let mut t = table();
+        let h = hash_of(3, 12_345);
+        t.insert(h, TCP, value(4), 0, Some(TCP_SYN));
+        assert_eq!(t.lookup(h | 0b11, 1, None), Some(value(4)));
+        assert_eq!(t.lookup(h | (1u64 << 63), 1, None), Some(value(4)));
+        assert_eq!(t.lookup(hash_of(3, 12_346), 1, None), None);
+        assert_eq!(t.lookup(hash_of(4, 12_345), 1, None), None);
+        // A hash whose signature bits are all zero still has a (nonzero) signature of its own.
+        let zero = hash_of(5, 0);
+        t.insert(zero, UDP, value(2), 0, None);
+        assert_eq!(t.lookup(zero, 1, None), Some(value(2)));
+        assert_eq!(t.count_live(1), 2);
     }
 
     #[test]
     fn tally_live_counts_per_backend_in_slices_and_skips_expired_and_rejected() {
         let mut t = table();
         for port in 0..300u16 {
-            let k = udp(port);
-            t.insert(&k, flow_hash(&k), value(u32::from(port % 3)), 0, None);
+            insert(&mut t, &udp(port), value(u32::from(port % 3)), 0, None);
         }
         // Expired: 3 s UDP timeout; and a tag the caller rejects.
-        let old = udp(5000);
-        t.insert(&old, flow_hash(&old), value(0), 0, None);
-        let stale = udp(5001);
-        t.insert(&stale, flow_hash(&stale), ConnValue { backend: 1, tag: 99 }, 2_500, None);
+        insert(&mut t, &udp(5000), value(0), 0, None);
+        insert(&mut t, &udp(5001), ConnValue { backend: 1, tag: 99 }, 2_500, None);
         for port in 0..300u16 {
-            let k = udp(port);
-            assert!(t.lookup(&k, flow_hash(&k), 2_000, None).is_some());
+            assert!(lookup(&mut t, &udp(port), 2_000, None).is_some());
         }
         let mut counts = [0u64; 2];
         let mut cursor = 0;
@@ -658,15 +651,15 @@ mod tests {
         let mut t = table();
         let k = tcp(1);
         let h = flow_hash(&k);
-        t.insert(&k, h, value(1), 0, Some(TCP_SYN));
+        insert(&mut t, &k, value(1), 0, Some(TCP_SYN));
         // Longer than the closing and UDP timeouts, exactly the established one: still live.
-        assert_eq!(t.lookup(&k, h, 10_000, Some(TCP_ACK)), Some(value(1)));
+        assert_eq!(t.lookup(h, 10_000, Some(TCP_ACK)), Some(value(1)));
         assert_eq!(t.count_live(20_000), 1);
         assert_eq!(t.count_live(20_001), 0);
-        assert_eq!(t.lookup(&k, h, 20_001, Some(TCP_ACK)), None);
+        assert_eq!(t.lookup(h, 20_001, Some(TCP_ACK)), None);
         // The expired entry was removed, not just hidden.
-        assert_eq!(t.lookup(&k, h, 20_001, Some(TCP_ACK)), None);
-        assert!(!t.remove(&k, h));
+        assert_eq!(t.lookup(h, 20_001, Some(TCP_ACK)), None);
+        assert!(!t.remove(h));
     }
 
     #[test]
@@ -674,13 +667,13 @@ mod tests {
         let mut t = table();
         let k = tcp(2);
         let h = flow_hash(&k);
-        t.insert(&k, h, value(5), 0, Some(TCP_SYN));
-        assert_eq!(t.lookup(&k, h, 100, Some(FIN_ACK)), Some(value(5)));
+        insert(&mut t, &k, value(5), 0, Some(TCP_SYN));
+        assert_eq!(t.lookup(h, 100, Some(FIN_ACK)), Some(value(5)));
         // Packets after the FIN (the last ACKs) still reach the same backend.
-        assert_eq!(t.lookup(&k, h, 1_100, Some(TCP_ACK)), Some(value(5)));
+        assert_eq!(t.lookup(h, 1_100, Some(TCP_ACK)), Some(value(5)));
         // A plain ACK does not bring the entry back to established.
         assert_eq!(t.count_live(2_100), 1);
-        assert_eq!(t.lookup(&k, h, 2_101, Some(TCP_ACK)), None);
+        assert_eq!(t.lookup(h, 2_101, Some(TCP_ACK)), None);
     }
 
     #[test]
@@ -688,17 +681,15 @@ mod tests {
         let mut t = table();
         let k = tcp(3);
         let h = flow_hash(&k);
-        t.insert(&k, h, value(5), 0, Some(TCP_SYN));
-        assert_eq!(t.lookup(&k, h, 0, Some(TCP_RST)), Some(value(5)));
-        assert_eq!(t.lookup(&k, h, 1_001, Some(TCP_ACK)), None);
+        insert(&mut t, &k, value(5), 0, Some(TCP_SYN));
+        assert_eq!(t.lookup(h, 0, Some(TCP_RST)), Some(value(5)));
+        assert_eq!(t.lookup(h, 1_001, Some(TCP_ACK)), None);
     }
 
     #[test]
     fn insert_with_fin_starts_closing() {
         let mut t = table();
-        let k = tcp(4);
-        let h = flow_hash(&k);
-        t.insert(&k, h, value(5), 0, Some(FIN_ACK));
+        insert(&mut t, &tcp(4), value(5), 0, Some(FIN_ACK));
         assert_eq!(t.count_live(1_000), 1);
         assert_eq!(t.count_live(1_001), 0);
     }
@@ -708,14 +699,14 @@ mod tests {
         let mut t = table();
         let u = udp(5353);
         let sctp = FlowKey { proto: 132, ..tcp(9) };
-        t.insert(&u, flow_hash(&u), value(1), 0, None);
+        insert(&mut t, &u, value(1), 0, None);
         // Flags on a non-TCP flow (a caller bug) change nothing.
-        t.insert(&sctp, flow_hash(&sctp), value(2), 0, Some(TCP_FIN));
-        assert_eq!(t.lookup(&u, flow_hash(&u), 2_000, Some(TCP_RST)), Some(value(1)));
-        assert_eq!(t.lookup(&sctp, flow_hash(&sctp), 2_000, Some(TCP_SYN)), Some(value(2)));
+        insert(&mut t, &sctp, value(2), 0, Some(TCP_FIN));
+        assert_eq!(lookup(&mut t, &u, 2_000, Some(TCP_RST)), Some(value(1)));
+        assert_eq!(lookup(&mut t, &sctp, 2_000, Some(TCP_SYN)), Some(value(2)));
         assert_eq!(t.count_live(5_000), 2);
-        assert_eq!(t.lookup(&u, flow_hash(&u), 5_001, None), None);
-        assert_eq!(t.lookup(&sctp, flow_hash(&sctp), 5_001, None), None);
+        assert_eq!(lookup(&mut t, &u, 5_001, None), None);
+        assert_eq!(lookup(&mut t, &sctp, 5_001, None), None);
     }
 
     #[test]
@@ -723,15 +714,15 @@ mod tests {
         let mut t = table();
         let k = tcp(6);
         let h = flow_hash(&k);
-        t.insert(&k, h, value(1), 0, Some(TCP_SYN));
+        insert(&mut t, &k, value(1), 0, Some(TCP_SYN));
         // A retransmitted SYN on an established flow keeps it.
-        assert_eq!(t.lookup(&k, h, 5, Some(TCP_SYN)), Some(value(1)));
-        assert_eq!(t.lookup(&k, h, 10, Some(FIN_ACK)), Some(value(1)));
+        assert_eq!(t.lookup(h, 5, Some(TCP_SYN)), Some(value(1)));
+        assert_eq!(t.lookup(h, 10, Some(FIN_ACK)), Some(value(1)));
         // A SYN-ACK is the server's side of a handshake, not a new connection.
-        assert_eq!(t.lookup(&k, h, 15, Some(TCP_SYN | TCP_ACK)), Some(value(1)));
-        assert_eq!(t.lookup(&k, h, 20, Some(TCP_SYN)), None);
+        assert_eq!(t.lookup(h, 15, Some(TCP_SYN | TCP_ACK)), Some(value(1)));
+        assert_eq!(t.lookup(h, 20, Some(TCP_SYN)), None);
         assert_eq!(t.stats().reset_by_syn, 1);
-        assert_eq!(t.lookup(&k, h, 21, Some(TCP_ACK)), None);
+        assert_eq!(t.lookup(h, 21, Some(TCP_ACK)), None);
         assert_eq!(t.count_live(21), 0);
     }
 
@@ -739,27 +730,27 @@ mod tests {
     fn eviction_prefers_an_expired_entry_then_the_least_recently_used() {
         let mut t = table();
         let bucket = 100;
-        let keys: Vec<FlowKey> = (0..10).map(tcp).collect();
+        let keys: Vec<FlowKey> = (0..6).map(tcp).collect();
         let hash = |i: usize| hash_in_bucket(&keys[i], bucket);
-        for (i, key) in keys.iter().enumerate().take(8) {
-            let flags = if i == 4 { FIN_ACK } else { TCP_SYN };
-            t.insert(key, hash(i), value(i as u32), 10 * i as u64, Some(flags));
+        for (i, key) in keys.iter().enumerate().take(WAYS) {
+            let flags = if i == 2 { FIN_ACK } else { TCP_SYN };
+            t.insert(hash(i), key.proto, value(i as u32), 10 * i as u64, Some(flags));
         }
-        assert_eq!(t.count_live(70), 8);
-        // At 2000, key 4 (closing since 40) has expired; key 2, seen last at 20, is the oldest
+        assert_eq!(t.count_live(30), 4);
+        // At 2000, key 2 (closing since 20) has expired; key 1, seen last at 10, is the oldest
         // live one once the others are refreshed.
-        for i in [0, 1, 3, 5, 6, 7] {
-            assert_eq!(t.lookup(&keys[i], hash(i), 2_000 + i as u64, None), Some(value(i as u32)));
+        for i in [0, 3] {
+            assert_eq!(t.lookup(hash(i), 2_000 + i as u64, None), Some(value(i as u32)));
         }
-        t.insert(&keys[8], hash(8), value(8), 2_100, Some(TCP_SYN));
+        t.insert(hash(4), TCP, value(4), 2_100, Some(TCP_SYN));
         assert_eq!((t.stats().evicted_expired, t.stats().evicted_lru), (1, 0));
-        assert_eq!(t.count_live(2_100), 8);
-        t.insert(&keys[9], hash(9), value(9), 2_200, Some(TCP_SYN));
+        assert_eq!(t.count_live(2_100), 4);
+        t.insert(hash(5), TCP, value(5), 2_200, Some(TCP_SYN));
         assert_eq!((t.stats().evicted_expired, t.stats().evicted_lru), (1, 1));
-        assert_eq!(t.lookup(&keys[2], hash(2), 2_300, None), None, "LRU entry should be gone");
-        assert_eq!(t.lookup(&keys[4], hash(4), 2_300, None), None, "expired entry should be gone");
-        for i in [0, 1, 3, 5, 6, 7, 8, 9] {
-            assert_eq!(t.lookup(&keys[i], hash(i), 2_300, None), Some(value(i as u32)), "key {i}");
+        assert_eq!(t.lookup(hash(1), 2_300, None), None, "LRU entry should be gone");
+        assert_eq!(t.lookup(hash(2), 2_300, None), None, "expired entry should be gone");
+        for i in [0, 3, 4, 5] {
+            assert_eq!(t.lookup(hash(i), 2_300, None), Some(value(i as u32)), "key {i}");
         }
     }
 
@@ -768,33 +759,34 @@ mod tests {
         let mut t = table();
         let keys: Vec<FlowKey> = (0..20).map(tcp).collect();
         let neighbour = udp(1);
-        t.insert(&neighbour, hash_in_bucket(&neighbour, 6), value(99), 0, None);
+        t.insert(hash_in_bucket(&neighbour, 6), UDP, value(99), 0, None);
         for (i, k) in keys.iter().enumerate() {
-            t.insert(k, hash_in_bucket(k, 5), value(i as u32), i as u64, None);
+            t.insert(hash_in_bucket(k, 5), UDP, value(i as u32), i as u64, None);
         }
-        assert_eq!(t.stats().evicted_lru, 12);
-        assert_eq!(t.lookup(&neighbour, hash_in_bucket(&neighbour, 6), 100, None), Some(value(99)));
-        // The 8 most recent survive.
+        assert_eq!(t.stats().evicted_lru, 16);
+        assert_eq!(t.lookup(hash_in_bucket(&neighbour, 6), 100, None), Some(value(99)));
+        // The 4 most recent survive.
         for (i, k) in keys.iter().enumerate() {
-            let found = t.lookup(k, hash_in_bucket(k, 5), 100, None);
-            assert_eq!(found, (i >= 12).then(|| value(i as u32)), "key {i}");
+            let found = t.lookup(hash_in_bucket(k, 5), 100, None);
+            assert_eq!(found, (i >= 16).then(|| value(i as u32)), "key {i}");
         }
     }
 
     #[test]
-    fn capacity_is_rounded_up_to_a_power_of_two_buckets() {
+    fn capacity_is_four_slots_per_flow_rounded_up_to_a_power_of_two_buckets() {
         for (asked, got) in [
-            (0, 8),
-            (1, 8),
-            (8, 8),
-            (9, 16),
-            (100, 128),
-            (1_000, 1_024),
-            (10_000, 16_384),
-            (1_000_000, 1_048_576),
+            (0, 4),
+            (1, 4),
+            (2, 8),
+            (3, 16),
+            (100, 512),
+            (1_000, 4_096),
+            (10_000, 65_536),
+            (1_000_000, 4_194_304),
         ] {
             assert_eq!(ConnTable::new(asked, TIMEOUTS).capacity(), got, "capacity {asked}");
         }
+        assert_eq!(ConnTable::new(1_000_000, TIMEOUTS).memory_bytes(), 64 << 20);
         assert_eq!(bucket_count_for(usize::MAX), 1 << 32);
     }
 
@@ -802,11 +794,11 @@ mod tests {
     fn insert_overwrites_an_existing_flow() {
         let mut t = table();
         let k = tcp(7);
-        let h = flow_hash(&k);
-        t.insert(&k, h, value(1), 0, Some(TCP_SYN));
-        t.insert(&k, h, value(2), 10, Some(TCP_ACK));
+        insert(&mut t, &k, value(1), 0, Some(TCP_SYN));
+        insert(&mut t, &k, value(2), 10, Some(TCP_ACK));
         assert_eq!(t.count_live(10), 1);
-        assert_eq!(t.lookup(&k, h, 20, None), Some(value(2)));
+        assert_eq!(t.occupied(), 1);
+        assert_eq!(lookup(&mut t, &k, 20, None), Some(value(2)));
         assert_eq!(t.stats().inserts, 2);
     }
 
@@ -815,80 +807,81 @@ mod tests {
         let mut t = table();
         let (a, b) = (tcp(8), tcp(9));
         for k in [&a, &b] {
-            t.insert(k, flow_hash(k), value(1), 0, Some(TCP_SYN));
-            assert_eq!(t.lookup(k, flow_hash(k), 10, Some(FIN_ACK)), Some(value(1)));
+            insert(&mut t, k, value(1), 0, Some(TCP_SYN));
+            assert_eq!(lookup(&mut t, k, 10, Some(FIN_ACK)), Some(value(1)));
         }
-        t.insert(&a, flow_hash(&a), value(2), 20, Some(TCP_ACK));
-        t.insert(&b, flow_hash(&b), value(2), 20, Some(TCP_SYN));
+        insert(&mut t, &a, value(2), 20, Some(TCP_ACK));
+        insert(&mut t, &b, value(2), 20, Some(TCP_SYN));
         assert_eq!(t.count_live(1_020), 2);
-        assert_eq!(t.lookup(&a, flow_hash(&a), 1_021, None), None);
-        assert_eq!(t.lookup(&b, flow_hash(&b), 1_021, None), Some(value(2)));
+        assert_eq!(lookup(&mut t, &a, 1_021, None), None);
+        assert_eq!(lookup(&mut t, &b, 1_021, None), Some(value(2)));
     }
 
     #[test]
     fn remove_deletes_only_that_flow() {
         let mut t = table();
-        let (a, b) = (tcp(10), tcp(11));
-        t.insert(&a, hash_in_bucket(&a, 1), value(1), 0, None);
-        t.insert(&b, hash_in_bucket(&b, 1), value(2), 0, None);
-        assert!(t.remove(&a, hash_in_bucket(&a, 1)));
-        assert!(!t.remove(&a, hash_in_bucket(&a, 1)));
-        assert!(!t.remove(&udp(1), flow_hash(&udp(1))));
-        assert_eq!(t.lookup(&a, hash_in_bucket(&a, 1), 1, None), None);
-        assert_eq!(t.lookup(&b, hash_in_bucket(&b, 1), 1, None), Some(value(2)));
+        let (a, b) = (hash_in_bucket(&tcp(10), 1), hash_in_bucket(&tcp(11), 1));
+        t.insert(a, TCP, value(1), 0, None);
+        t.insert(b, TCP, value(2), 0, None);
+        assert!(t.remove(a));
+        assert!(!t.remove(a));
+        assert!(!t.remove(flow_hash(&udp(1))));
+        assert_eq!(t.lookup(a, 1, None), None);
+        assert_eq!(t.lookup(b, 1, None), Some(value(2)));
     }
 
     #[test]
     fn clear_empties_the_table_and_keeps_the_stats() {
         let mut t = table();
         for port in 0..100 {
-            let k = tcp(port);
-            t.insert(&k, flow_hash(&k), value(1), 0, None);
+            insert(&mut t, &tcp(port), value(1), 0, None);
         }
         assert_eq!(t.count_live(0), 100);
         t.clear();
         assert_eq!(t.count_live(0), 0);
-        assert_eq!(t.lookup(&tcp(5), flow_hash(&tcp(5)), 0, None), None);
+        assert_eq!(lookup(&mut t, &tcp(5), 0, None), None);
         assert_eq!(t.stats().inserts, 100);
     }
 
-    /// The choice to fetch entry lines in a pass of their own (and to classify ahead) follows
-    /// the entries a table holds, not its size: fwd's default table holds a million, and at
-    /// 10 000 flows it is cache-resident. The threshold is a header line and an entry line per
-    /// occupied slot against CACHE_RESIDENT_BYTES (8 MiB): 65 536 entries.
+    /// The choice to classify ahead in memory follows the entries a table holds, not its size:
+    /// fwd's default table is made for a million flows, and at 10 000 it is cache-resident. The
+    /// threshold is a bucket line per occupied slot against CACHE_RESIDENT_BYTES (8 MiB):
+    /// 131 072 entries.
     #[test]
     fn a_large_table_outgrows_the_caches_only_once_it_holds_enough_flows() {
         let mut t = ConnTable::new(1 << 20, TIMEOUTS);
-        let threshold = CACHE_RESIDENT_BYTES / LINES_PER_FLOW_BYTES;
-        assert_eq!(threshold, 65_536);
-        let key = |i: usize| {
-            FlowKey::v4([198, 18, (i >> 16) as u8, (i >> 8) as u8], [198, 19, 0, 1], 17, i as u16, 53)
+        let threshold = CACHE_RESIDENT_BYTES / LINE_PER_FLOW_BYTES;
+        assert_eq!(threshold, 131_072);
+        let hash = |i: usize| {
+            flow_hash(&FlowKey::v4(
+                [198, 18, (i >> 16) as u8, (i >> 8) as u8],
+                [198, 19, 0, 1],
+                17,
+                i as u16,
+                53,
+            ))
         };
         let mut i = 0;
         while t.occupied() < threshold {
-            let k = key(i);
-            t.insert(&k, flow_hash(&k), value(1), 0, None);
+            t.insert(hash(i), UDP, value(1), 0, None);
             i += 1;
             assert!(!t.outgrows_cache(), "outgrew the caches at {} entries", t.occupied());
         }
         assert_eq!(t.stats().evicted_lru, 0);
-        let k = key(i);
-        t.insert(&k, flow_hash(&k), value(1), 0, None);
+        t.insert(hash(i), UDP, value(1), 0, None);
         assert_eq!(t.occupied(), threshold + 1);
         assert!(t.outgrows_cache());
         // Flows that end bring it back: removed, expired on lookup, or swept by inserts.
-        assert!(t.remove(&k, flow_hash(&k)));
+        assert!(t.remove(hash(i)));
         assert!(!t.outgrows_cache());
-        let first = key(0);
-        assert_eq!(t.lookup(&first, flow_hash(&first), u64::from(TIMEOUTS.udp_ms) + 1, None), None);
+        assert_eq!(t.lookup(hash(0), u64::from(TIMEOUTS.udp_ms) + 1, None), None);
         assert_eq!(t.occupied(), threshold - 1);
         t.clear();
         assert_eq!(t.occupied(), 0);
         // A table no larger than the caches never outgrows them, however full.
         let mut small = ConnTable::new(4096, TIMEOUTS);
-        for i in 0..20_000 {
-            let k = key(i);
-            small.insert(&k, flow_hash(&k), value(1), 0, None);
+        for i in 0..100_000 {
+            small.insert(hash(i), UDP, value(1), 0, None);
         }
         assert_eq!(small.occupied(), small.capacity());
         assert!(!small.outgrows_cache());
@@ -899,11 +892,11 @@ mod tests {
         let mut t = table();
         let wrap = 1u64 << 32;
         let (k, u) = (tcp(12), udp(12));
-        t.insert(&k, flow_hash(&k), value(1), wrap - 500, None);
-        t.insert(&u, flow_hash(&u), value(2), wrap - 100, None);
-        assert_eq!(t.lookup(&k, flow_hash(&k), wrap + 500, None), Some(value(1)));
-        assert_eq!(t.lookup(&u, flow_hash(&u), wrap + 2_900, None), Some(value(2)));
-        assert_eq!(t.lookup(&u, flow_hash(&u), wrap + 5_901, None), None);
+        insert(&mut t, &k, value(1), wrap - 500, None);
+        insert(&mut t, &u, value(2), wrap - 100, None);
+        assert_eq!(lookup(&mut t, &k, wrap + 500, None), Some(value(1)));
+        assert_eq!(lookup(&mut t, &u, wrap + 2_900, None), Some(value(2)));
+        assert_eq!(lookup(&mut t, &u, wrap + 5_901, None), None);
         assert_eq!(t.count_live(wrap + 10_500), 1);
         assert_eq!(t.count_live(wrap + 10_501), 0);
     }
@@ -911,26 +904,26 @@ mod tests {
     #[test]
     fn sweep_reclaims_expired_entries_before_their_age_can_wrap() {
         // Two buckets: each insert sweeps the next one, so two inserts visit both.
-        let mut t = ConnTable::new(16, TIMEOUTS);
-        assert_eq!(t.capacity(), 16);
-        let (idle, b, c) = (udp(1), udp(2), udp(3));
-        t.insert(&idle, hash_in_bucket(&idle, 0), value(1), 0, None);
-        t.insert(&b, hash_in_bucket(&b, 1), value(2), 10_000, None);
-        t.insert(&c, hash_in_bucket(&c, 1), value(3), 10_000, None);
+        let mut t = ConnTable::new(2, TIMEOUTS);
+        assert_eq!(t.bucket_count(), 2);
+        let (idle, b, c) = (hash_of(0, 1), hash_of(1, 2), hash_of(1, 3));
+        t.insert(idle, UDP, value(1), 0, None);
+        t.insert(b, UDP, value(2), 10_000, None);
+        t.insert(c, UDP, value(3), 10_000, None);
         assert_eq!(t.stats().evicted_expired, 1);
         // 2^32 + 5 ms later the truncated age would be 5 ms: the entry must be gone, not revived.
-        assert_eq!(t.lookup(&idle, hash_in_bucket(&idle, 0), (1 << 32) + 5, None), None);
+        assert_eq!(t.lookup(idle, (1 << 32) + 5, None), None);
     }
 
     #[test]
     fn any_hash_value_is_safe() {
         let mut t = ConnTable::new(1, TIMEOUTS);
-        let k = tcp(13);
         for h in [0, 1, 3, u64::MAX, 0xffff_ffff, 0xffff_ffff_0000_0000, 0x8000_0000_0000_0003] {
             t.prefetch::<LoadPrefetch>(h);
-            t.insert(&k, h, value(1), 0, Some(0xff));
-            assert_eq!(t.lookup(&k, h, 0, None), Some(value(1)));
-            assert!(t.remove(&k, h));
+            t.prefetch_insert::<LoadPrefetch>(h);
+            t.insert(h, TCP, value(1), 0, Some(0xff));
+            assert_eq!(t.lookup(h, 0, None), Some(value(1)));
+            assert!(t.remove(h));
         }
     }
 
@@ -950,7 +943,7 @@ mod tests {
         last_seen: u64,
     }
 
-    /// The table's rules, written plainly over a HashMap with full 64-bit times.
+    /// The table's rules, written plainly over a HashMap with full 64-bit times, keyed by flow.
     #[derive(Default)]
     struct Model {
         entries: HashMap<FlowKey, ModelEntry>,
@@ -1054,55 +1047,50 @@ mod tests {
         }
     }
 
-    /// Every flow that shares a slot of the table must be found by its own key only.
-    fn assert_no_duplicate_keys(t: &ConnTable) {
-        let mut seen = HashSet::new();
-        for bucket in t.buckets.iter() {
-            for (word, entry) in bucket.header.words.iter().zip(bucket.entries.iter()) {
-                if *word != STATE_EMPTY {
-                    assert!(seen.insert(entry.key), "key {:?} stored twice", entry.key);
-                }
+    /// No bucket holds a signature twice: every flow has one slot at most.
+    fn assert_no_duplicate_signatures(t: &ConnTable) {
+        for (b, bucket) in t.buckets.iter().enumerate() {
+            let mut seen = HashSet::new();
+            for word in bucket.words.iter().filter(|&&w| w != STATE_EMPTY) {
+                assert!(seen.insert(word & !STATE_MASK), "signature {word:#x} twice in bucket {b}");
             }
         }
     }
 
     /// Slots holding an entry, counted the slow way.
     fn occupied_slots(t: &ConnTable) -> usize {
-        t.buckets.iter().flat_map(|b| b.header.words.iter()).filter(|&&w| w != STATE_EMPTY).count()
+        t.buckets.iter().flat_map(|b| b.words.iter()).filter(|&&w| w != STATE_EMPTY).count()
     }
 
     const MODEL_KEYS: usize = 32;
 
     proptest! {
-        /// On a table that never has to evict (32 keys, 4 per bucket, signatures colliding on
-        /// purpose), every answer matches the model exactly, across the u32 clock wrap too.
+        /// On a table that never has to evict (32 flows, 4 in each of 8 buckets, signatures
+        /// shared across buckets on purpose), every answer matches the model exactly, across the
+        /// u32 clock wrap too.
         #[test]
         fn table_matches_a_hashmap_model(
             start in prop_oneof![Just(0u64), Just((1u64 << 32) - 5_000), any::<u32>().prop_map(u64::from)],
             ops in proptest::collection::vec(op(MODEL_KEYS), 1..300),
         ) {
-            let mut t = ConnTable::new(MODEL_KEYS * 2, TIMEOUTS);
+            let mut t = ConnTable::new(MODEL_KEYS, TIMEOUTS);
             let mut model = Model::default();
             let keys: Vec<FlowKey> = (0..MODEL_KEYS).map(model_key).collect();
-            // Bucket i / 4; only 3 distinct signatures, so full key compares decide.
-            let hashes: Vec<u64> = keys
-                .iter()
-                .enumerate()
-                .map(|(i, k)| ((i as u64 / 4) << 32) | (flow_hash(k) & 0xc))
-                .collect();
+            // Bucket i / 4, signature i % 4 + 1: the same four signatures in every bucket.
+            let hashes: Vec<u64> = (0..MODEL_KEYS).map(|i| hash_of(i as u64 / 4, i as u32 % 4 + 1)).collect();
             let mut now = start;
             for op in ops {
                 match op {
                     Op::Lookup { key, flags } => {
-                        let got = t.lookup(&keys[key], hashes[key], now, flags);
+                        let got = t.lookup(hashes[key], now, flags);
                         prop_assert_eq!(got, model.lookup(&keys[key], now, flags), "lookup {} at {}", key, now);
                     }
                     Op::Insert { key, backend, flags } => {
-                        t.insert(&keys[key], hashes[key], value(backend), now, flags);
+                        t.insert(hashes[key], keys[key].proto, value(backend), now, flags);
                         model.insert(&keys[key], value(backend), now, flags);
                     }
                     Op::Remove { key } => {
-                        let removed = t.remove(&keys[key], hashes[key]);
+                        let removed = t.remove(hashes[key]);
                         // An expired entry may or may not have been swept already.
                         if model.live(&keys[key], now).is_some() {
                             prop_assert!(removed, "live key {} not removed", key);
@@ -1122,7 +1110,7 @@ mod tests {
                 prop_assert_eq!(t.occupied(), occupied_slots(&t));
             }
             prop_assert_eq!(t.count_live(now), model.count_live(now));
-            assert_no_duplicate_keys(&t);
+            assert_no_duplicate_signatures(&t);
         }
 
         /// On a tiny table that evicts all the time: never more live entries than the capacity,
@@ -1140,19 +1128,19 @@ mod tests {
             for op in ops {
                 match op {
                     Op::Lookup { key, flags } => {
-                        t.lookup(&keys[key], flow_hash(&keys[key]), now, flags);
+                        lookup(&mut t, &keys[key], now, flags);
                         lookups += 1;
                     }
                     Op::Insert { key, backend, flags } => {
-                        let h = flow_hash(&keys[key]);
-                        t.insert(&keys[key], h, value(backend), now, flags);
-                        prop_assert_eq!(t.lookup(&keys[key], h, now, None), Some(value(backend)));
+                        let k = &keys[key];
+                        insert(&mut t, k, value(backend), now, flags);
+                        prop_assert_eq!(lookup(&mut t, k, now, None), Some(value(backend)));
                         lookups += 1;
                     }
                     Op::Remove { key } => {
                         let h = flow_hash(&keys[key]);
-                        t.remove(&keys[key], h);
-                        prop_assert_eq!(t.lookup(&keys[key], h, now, None), None);
+                        t.remove(h);
+                        prop_assert_eq!(t.lookup(h, now, None), None);
                         lookups += 1;
                     }
                     Op::CountLive => {}
@@ -1163,7 +1151,7 @@ mod tests {
                 prop_assert_eq!(stats.hits + stats.misses, lookups);
                 prop_assert_eq!(t.occupied(), occupied_slots(&t));
             }
-            assert_no_duplicate_keys(&t);
+            assert_no_duplicate_signatures(&t);
         }
     }
 }

@@ -3,15 +3,14 @@
 //! A [`Worker`] owns everything it writes (connection table, counters, ICMP budget) and reads one
 //! [`Snapshot`] per batch. A batch runs in passes over all its frames, as DPDK's and VPP's loops
 //! do: prefetch the frames' headers; classify (parse, find the service, compute the flow hash)
-//! and touch every frame's connection-table bucket header, in two halves; for a table larger than
-//! the caches, touch the entry line a hit will read; place every flow (tracked backend or Maglev
-//! pick); rewrite. The frames' and the table's cache misses thus overlap across the batch instead
+//! and touch every frame's connection-table bucket line, in two halves; for a flow the table
+//! lacks, touch its Maglev slot; place every flow (tracked backend or Maglev pick); rewrite. The frames' and the table's cache misses thus overlap across the batch instead
 //! of being waited for one frame at a time: at a million flows the table's prefetch passes
 //! measured a third less time
 //! per packet than touching the bucket and placing the flow inside the classify and rewrite loops
 //! (`benches/pipeline.rs`). When the I/O shows the frames received behind the batch and the
 //! table lives in memory, those frames are classified (and their buckets prefetched) while the
-//! batch's entry lines load, and the next batch starts from that work
+//! batch's bucket lines load, and the next batch starts from that work
 //! ([`Worker::process_batch_ahead`]). Each frame's state between the passes lives in a per-worker [`Slot`]
 //! that every pass reads and writes in place. Every frame ends with exactly one [`Verdict`]; every
 //! drop is counted under its [`DropReason`].
@@ -50,8 +49,8 @@ pub struct WorkerConfig {
     pub classify_ahead: ClassifyAhead,
 }
 
-/// When [`Worker::process_batch_ahead`] classifies the frames behind its batch (and fetches each
-/// hit's entry line in a pass of its own).
+/// When [`Worker::process_batch_ahead`] classifies the frames behind its batch (and fetches what
+/// a miss's placement reads in a pass of its own).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum ClassifyAhead {
     /// On every batch: fwd's workers. Under load the kernel's receive and transmit work runs
@@ -332,14 +331,14 @@ impl<P: Prefetch> Worker<P> {
     /// buckets in the cache, if it holds them (checked frame by frame, by address and length)
     /// and runs against the same snapshot (address and generation).
     ///
-    /// Why: within one batch, a flow's bucket header must arrive before its entry line can be
-    /// found, and that entry before the flow is placed, so at a million flows each batch waited
-    /// for memory twice, with nothing left to do meanwhile. Classifying the next batch fills the
-    /// entry wait with useful work, and the next batch's header wait moves under this batch's
-    /// placement and rewrite: 1.65-1.70 -> 1.47-1.53 µs per batch of 32 at a million flows
-    /// (alternated runs, Zen 5 VM); at 10 000 flows under load, a third to a half of the
-    /// pipeline's time (see [`ClassifyAhead`]). In memory at 10 000 flows, where nothing waits,
-    /// it costs 5%.
+    /// Why: within one batch, a flow's bucket line must arrive before the flow is placed, so at a
+    /// million flows each batch waited for memory with nothing left to do meanwhile. Classifying
+    /// the next batch fills that wait with useful work, and the next batch's bucket wait moves
+    /// under this batch's placement and rewrite. Measured with the two-line table of stops 20-27
+    /// (a header line, then an entry line found through it): 1.65-1.70 -> 1.47-1.53 µs per batch
+    /// of 32 at a million flows (alternated runs, Zen 5 VM); at 10 000 flows under load, a third
+    /// to a half of the pipeline's time (see [`ClassifyAhead`]). In memory at 10 000 flows, where
+    /// nothing waits, it cost 5%.
     pub fn process_batch_ahead(
         &mut self,
         snap: &Snapshot,
@@ -401,14 +400,14 @@ impl<P: Prefetch> Worker<P> {
             // CPU's prefetch instruction measured slower there (2.0-2.5 µs per batch against 1.6).
             prefetch_buckets::<P>(&self.conns, slots);
         }
-        // Then the entry line a hit reads, found through the header line just loaded: in a table
-        // that lives in memory each hit would otherwise wait for it in turn. A flow the table
-        // lacks will be placed by Maglev: its slot is loaded instead (at a million flows, the
-        // 1% of packets that missed spent 4% of the time waiting for the Maglev table).
+        // Then what a flow the table lacks will read, found through the bucket line just loaded
+        // (a hit reads nothing more): its Maglev slot, and the bucket its insert sweeps (at a
+        // million flows, the 1% of packets that missed spent 4% of the time waiting for the
+        // Maglev table).
         if overlap_memory_waits {
             for slot in self.slots[..n].iter() {
                 if matches!(slot.todo, Todo::Forward | Todo::Follow)
-                    && !self.conns.prefetch_entry::<P>(slot.hash)
+                    && self.conns.prefetch_insert::<P>(slot.hash)
                 {
                     if let Some(maglev_slot) = snap.maglev_slot(slot.service, slot.hash) {
                         P::prefetch(maglev_slot);
@@ -699,7 +698,7 @@ fn pick_backend(
     slot: &Slot,
     now_ms: u64,
 ) -> Result<BackendIdx, DropReason> {
-    if let Some(v) = conns.lookup(&slot.key, slot.hash, now_ms, slot.tcp_flags) {
+    if let Some(v) = conns.lookup(slot.hash, now_ms, slot.tcp_flags) {
         if let Some(b) = snap.tracked_backend(v.backend, v.tag).filter(|b| b.service == slot.service) {
             // A SYN without ACK opens a new connection on the tuple (the client reused the ports
             // of one whose close we did not see, e.g. reset by its backend): a drained backend
@@ -713,8 +712,8 @@ fn pick_backend(
     let backend = snap.backends.get(idx as usize).ok_or(DropReason::NoBackend)?;
     if slot.todo == Todo::Forward {
         conns.insert(
-            &slot.key,
             slot.hash,
+            slot.key.proto,
             ConnValue { backend: idx, tag: backend.tag },
             now_ms,
             slot.tcp_flags,

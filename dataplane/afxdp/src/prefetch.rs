@@ -52,15 +52,15 @@ mod tests {
         let keys: Vec<FlowKey> =
             (0..512u16).map(|p| FlowKey::v4([198, 18, 0, 1], [198, 19, 0, 1], 6, 1024 + p, 80)).collect();
         for (i, k) in keys.iter().enumerate().step_by(2) {
-            table.insert(k, flow_hash(k), ConnValue { backend: i as u32, tag: 7 }, 0, Some(0x10));
+            table.insert(flow_hash(k), k.proto, ConnValue { backend: i as u32, tag: 7 }, 0, Some(0x10));
         }
         for k in &keys {
             table.prefetch::<CpuPrefetch>(flow_hash(k));
-            table.prefetch_entry::<CpuPrefetch>(flow_hash(k));
+            table.prefetch_insert::<CpuPrefetch>(flow_hash(k));
         }
         for (i, k) in keys.iter().enumerate() {
             let expected = (i % 2 == 0).then_some(ConnValue { backend: i as u32, tag: 7 });
-            assert_eq!(table.lookup(k, flow_hash(k), 1, Some(0x10)), expected, "key {i}");
+            assert_eq!(table.lookup(flow_hash(k), 1, Some(0x10)), expected, "key {i}");
         }
     }
 }

@@ -782,7 +782,7 @@ fn backend_counters_and_flow_census_follow_the_traffic() {
 fn continuous_publishes_lose_nothing_and_move_no_tracked_flow() {
     let vip = IpAddr::from(VIP4);
     let mut w = worker();
-    // Well within the table (4096 entries), so that no flow is evicted for room: an evicted flow
+    // Well within the table (made for 4096 flows), so that no flow is evicted for room: an evicted flow
     // would be re-picked, which is the table's business, not the publish's.
     let flows: Vec<Vec<u8>> = (0..1000).map(|i| tcp4(CLIENT4, VIP4, 10000 + i, 80, 0)).collect();
     let mut owner: Vec<Option<usize>> = vec![None; flows.len()];
@@ -937,7 +937,7 @@ fn classifying_ahead_changes_no_verdict_and_no_byte() {
 
 /// `ClassifyAhead::WhenTableOutgrowsCache` classifies ahead only while the table's occupied
 /// entries outgrow the caches: a table sized for a million flows that holds a few thousand
-/// fits, one that holds more than 65 536 does not. fwd's workers (the default, `Always`)
+/// fits, one that holds more than 131 072 (a bucket line each: 8 MiB) does not. fwd's workers (the default, `Always`)
 /// classify ahead at any flow count.
 #[test]
 fn a_worker_classifies_ahead_only_once_its_table_holds_enough_flows() {
@@ -947,17 +947,20 @@ fn a_worker_classifies_ahead_only_once_its_table_holds_enough_flows() {
         timeouts: TIMEOUTS,
         classify_ahead: ClassifyAhead::WhenTableOutgrowsCache,
     });
-    let flow = |i: u32| tcp4([198, 18 | (i >> 16) as u8 & 1, (i >> 8) as u8, i as u8], VIP4, 40_000, 80, 0);
+    let flow = |i: u32| {
+        let src = [198, 18 | (i >> 16) as u8 & 1, (i >> 8) as u8, i as u8];
+        tcp4(src, VIP4, 40_000 + (i >> 17) as u16, 80, 0)
+    };
     let few: Vec<Vec<u8>> = (0..2_000).map(flow).collect();
     let (verdicts, _) = run_ahead(&mut w, &snap, &few, 0, &[32]);
     assert!(verdicts.iter().all(|v| *v == Verdict::Tx));
     assert_eq!(w.counters().classified_ahead, 0, "2 000 flows in a table of a million");
     assert!(!w.conns().outgrows_cache());
-    let many: Vec<Vec<u8>> = (2_000..70_000).map(flow).collect();
+    let many: Vec<Vec<u8>> = (2_000..140_000).map(flow).collect();
     run_ahead(&mut w, &snap, &many, 0, &[64]);
-    assert!(w.conns().occupied() > 65_536);
+    assert!(w.conns().occupied() > 131_072);
     assert!(w.conns().outgrows_cache());
-    assert!(w.counters().classified_ahead > 0, "70 000 flows: classified ahead");
+    assert!(w.counters().classified_ahead > 0, "140 000 flows: classified ahead");
     assert_eq!(w.counters().total_drops(), 0);
 }
 

@@ -26,7 +26,8 @@
 //! than ever (75 MiB) and, 8 slots per bucket at 95% of its slots in use, left 12% of the flows
 //! without a slot (evicted and placed again, packet after packet). One line per bucket halves
 //! what a hit reads and what a flow occupies in the caches, and makes room for more slots in
-//! less memory; measurements in the README ("Connection table: one line per bucket").
+//! less memory; measurements in the README (stop 28, under "Connection table" and "The whole
+//! pipeline in memory").
 //!
 //! What it costs: a flow the table does not hold, whose signature equals that of a live entry in
 //! its bucket, is taken for that flow: at most 4 chances in 2^30 (one in 268 million) per flow

@@ -1,7 +1,7 @@
 //! A global allocator that asks for transparent huge pages behind large blocks.
 //!
-//! A worker's connection table is one large block (72 bytes per entry: 75 MB for a million
-//! flows) read at a random place for every packet. With 4 KiB pages nearly every lookup also
+//! A worker's connection table is one large block (64 bytes per flow asked for: 64 MiB for a
+//! million flows) read at a random place for every packet. With 4 KiB pages nearly every lookup also
 //! misses the TLB, and under a hypervisor a TLB miss is a two-dimensional page walk; with 2 MiB
 //! pages the whole table fits in the TLB. Most kernels ship transparent huge pages as `madvise`
 //! (only for regions that ask), so this allocator asks: every block of at least

@@ -551,7 +551,7 @@ fn warm_worker<P: Prefetch>(snap: &Snapshot, frames: &[Vec<u8>], label: &str) ->
     warm_worker_with_capacity(snap, frames, 2 * frames.len(), ClassifyAhead::default(), label)
 }
 
-/// [`warm_worker`] with a connection table of `conn_capacity` entries.
+/// [`warm_worker`] with a connection table made for `conn_capacity` flows.
 fn warm_worker_with_capacity<P: Prefetch>(
     snap: &Snapshot,
     frames: &[Vec<u8>],

@@ -133,6 +133,23 @@ struct Bucket {
     tag: [u32; WAYS],
 }
 
+impl Bucket {
+    /// Whether `slot` holds an entry idle longer than its state's timeout (`timeouts` indexed
+    /// by state). The one place an age is judged, for lookups, inserts, the sweep and the counts.
+    #[inline(always)]
+    fn expired(&self, slot: usize, now: u32, timeouts: &[u32; 4]) -> bool {
+        let slot = slot % WAYS;
+        let state = self.words[slot] & STATE_MASK;
+        now.wrapping_sub(self.last_seen[slot]) > timeouts[state as usize]
+    }
+
+    /// Whether `slot` holds an entry not yet expired.
+    #[inline(always)]
+    fn live(&self, slot: usize, now: u32, timeouts: &[u32; 4]) -> bool {
+        self.words[slot % WAYS] != STATE_EMPTY && !self.expired(slot, now, timeouts)
+    }
+}
+
 /// A fixed-capacity, set-associative connection table owned by one worker.
 #[derive(Debug)]
 pub struct ConnTable {
@@ -230,11 +247,6 @@ impl ConnTable {
         (hash >> 32) as usize & self.bucket_mask
     }
 
-    #[inline(always)]
-    fn is_expired(&self, word: u32, last_seen: u32, now: u32) -> bool {
-        now.wrapping_sub(last_seen) > self.timeout_by_state[(word & STATE_MASK) as usize]
-    }
-
     /// The live entry for the flow whose flow hash is `hash`, if any; see the module
     /// documentation for the rules.
     ///
@@ -255,13 +267,12 @@ impl ConnTable {
             self.stats.misses += 1;
             return None;
         };
-        let mut state = bucket.words[slot] & STATE_MASK;
-        let idle = now.wrapping_sub(bucket.last_seen[slot]);
-        if idle > self.timeout_by_state[state as usize] {
+        if bucket.expired(slot, now, &self.timeout_by_state) {
             vacate(bucket, slot, &mut self.occupied);
             self.stats.misses += 1;
             return None;
         }
+        let mut state = bucket.words[slot] & STATE_MASK;
         if state != STATE_OTHER {
             if state == STATE_TCP_CLOSING && is_new_syn(tcp_flags) {
                 vacate(bucket, slot, &mut self.occupied);
@@ -298,7 +309,7 @@ impl ConnTable {
             if proto == TCP {
                 let was_closing = existing.is_some_and(|slot| {
                     bucket.words[slot] & STATE_MASK == STATE_TCP_CLOSING
-                        && now.wrapping_sub(bucket.last_seen[slot]) <= timeouts[STATE_TCP_CLOSING as usize]
+                        && !bucket.expired(slot, now, &timeouts)
                 });
                 state = if has_flag(tcp_flags, TCP_FIN | TCP_RST) || (was_closing && !is_new_syn(tcp_flags)) {
                     STATE_TCP_CLOSING
@@ -333,10 +344,10 @@ impl ConnTable {
             if word == STATE_EMPTY {
                 return slot;
             }
-            let idle = now.wrapping_sub(bucket.last_seen[slot]);
-            if idle > timeouts[(word & STATE_MASK) as usize] {
+            if bucket.expired(slot, now, timeouts) {
                 expired = expired.or(Some(slot));
             }
+            let idle = now.wrapping_sub(bucket.last_seen[slot]);
             if idle >= oldest_idle {
                 oldest_idle = idle;
                 oldest = slot;
@@ -363,9 +374,7 @@ impl ConnTable {
         let timeouts = self.timeout_by_state;
         if let Some(bucket) = self.buckets.get_mut(b) {
             for slot in 0..WAYS {
-                let word = bucket.words[slot];
-                let idle = now.wrapping_sub(bucket.last_seen[slot]);
-                if word != STATE_EMPTY && idle > timeouts[(word & STATE_MASK) as usize] {
+                if bucket.words[slot] != STATE_EMPTY && bucket.expired(slot, now, &timeouts) {
                     vacate(bucket, slot, &mut self.occupied);
                     self.stats.evicted_expired += 1;
                 }
@@ -395,9 +404,8 @@ impl ConnTable {
         let now = now_ms as u32;
         self.buckets
             .iter()
-            .flat_map(|b| b.words.iter().zip(b.last_seen.iter()))
-            .filter(|&(&word, &last_seen)| word != STATE_EMPTY && !self.is_expired(word, last_seen, now))
-            .count()
+            .map(|b| (0..WAYS).filter(|&slot| b.live(slot, now, &self.timeout_by_state)).count())
+            .sum()
     }
 
     /// Tallies the live entries of `buckets` buckets starting at bucket `start`, adding one to
@@ -417,8 +425,7 @@ impl ConnTable {
         let end = start.saturating_add(buckets).min(self.buckets.len());
         for bucket in self.buckets.get(start..end).unwrap_or(&[]) {
             for slot in 0..WAYS {
-                let (word, last_seen) = (bucket.words[slot], bucket.last_seen[slot]);
-                if word == STATE_EMPTY || self.is_expired(word, last_seen, now) {
+                if !bucket.live(slot, now, &self.timeout_by_state) {
                     continue;
                 }
                 let value = ConnValue { backend: bucket.backend[slot], tag: bucket.tag[slot] };

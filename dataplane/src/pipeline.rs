@@ -4,15 +4,15 @@
 //! [`Snapshot`] per batch. A batch runs in passes over all its frames, as DPDK's and VPP's loops
 //! do: prefetch the frames' headers; classify (parse, find the service, compute the flow hash)
 //! and touch every frame's connection-table bucket line, in two halves; for a flow the table
-//! lacks, touch its Maglev slot; place every flow (tracked backend or Maglev pick); rewrite. The frames' and the table's cache misses thus overlap across the batch instead
-//! of being waited for one frame at a time: at a million flows the table's prefetch passes
-//! measured a third less time
+//! lacks, touch its Maglev slot; place every flow (tracked backend or Maglev pick); rewrite. The
+//! frames' and the table's cache misses thus overlap across the batch instead of being waited for
+//! one frame at a time: at a million flows the table's prefetch passes measured a third less time
 //! per packet than touching the bucket and placing the flow inside the classify and rewrite loops
-//! (`benches/pipeline.rs`). When the I/O shows the frames received behind the batch and the
-//! table lives in memory, those frames are classified (and their buckets prefetched) while the
-//! batch's bucket lines load, and the next batch starts from that work
-//! ([`Worker::process_batch_ahead`]). Each frame's state between the passes lives in a per-worker [`Slot`]
-//! that every pass reads and writes in place. Every frame ends with exactly one [`Verdict`]; every
+//! (`benches/pipeline.rs`). When the I/O shows the frames received behind the batch, those frames
+//! are classified (and their buckets prefetched) while the batch's bucket lines load, and the next
+//! batch starts from that work ([`Worker::process_batch_ahead`], as [`ClassifyAhead`] says). Each
+//! frame's state between the passes lives in a per-worker [`Slot`] that every pass reads and
+//! writes in place. Every frame ends with exactly one [`Verdict`]; every
 //! drop is counted under its [`DropReason`].
 //!
 //! Placement rules, in order:
